@@ -1,0 +1,207 @@
+"""One way to read, write and list files, whether a URI is a local path or `s3://bucket/key`.
+
+S3 goes through s3fs (botocore underneath). Credentials come only from the standard AWS sources (environment,
+shared config, instance role) and are never copied into this package's objects, so they cannot leak into logs,
+errors or run records. The endpoint and region come from `S3Options`, else from `AWS_ENDPOINT_URL_S3` /
+`AWS_ENDPOINT_URL` and `AWS_REGION` / `AWS_DEFAULT_REGION`, so any S3-compatible store works.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline.errors import ConfigError, InputError
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Where the S3 API lives. None means: take it from the environment."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+    max_attempts: int = 10  # botocore "standard" retries: throttling, 5xx and connection errors, with back-off
+
+    def resolved(self) -> S3Options:
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return S3Options(endpoint or None, region or None, self.anonymous, self.max_attempts)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI segments with '/' (local paths too, which is what os.path.join gives on POSIX)."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def stem(uri: str) -> str:
+    name = basename(uri)
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name
+
+
+def normalize(uri: str) -> str:
+    """Absolute local path, or the s3:// URI with a validated bucket."""
+    if is_s3(uri):
+        bucket = uri[len(S3_SCHEME):].split("/", 1)[0]
+        if not bucket:
+            raise ConfigError(f"S3 URI {uri!r} has no bucket: write it as s3://BUCKET/PREFIX.")
+        return uri.rstrip("/") if uri.count("/") > 2 else uri
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise ConfigError(f"Unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://BUCKET/PREFIX.")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+class LocalStorage:
+    """Local files. Writes go to a temporary file in the same directory and are renamed into place."""
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def delete(self, path: str) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+
+    def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
+        """Pages of file paths directly under directory `prefix` (sorted within a page), streamed from readdir."""
+        if not os.path.isdir(prefix):
+            return
+        page: list[str] = []
+        with os.scandir(prefix) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                page.append(entry.path)
+                if len(page) >= page_size:
+                    yield sorted(page)
+                    page = []
+        if page:
+            yield sorted(page)
+
+
+class S3Storage:
+    """An S3 bucket through s3fs. Paths are full `s3://bucket/key` URIs."""
+
+    def __init__(self, options: S3Options) -> None:
+        import s3fs  # imported here so that local-only runs never pay for it
+
+        options = options.resolved()
+        client_kwargs = {"region_name": options.region} if options.region else {}
+        self._fs = s3fs.S3FileSystem(
+            anon=options.anonymous,
+            endpoint_url=options.endpoint_url,
+            client_kwargs=client_kwargs,
+            config_kwargs={"retries": {"max_attempts": options.max_attempts, "mode": "standard"}},
+            use_listings_cache=False,
+        )
+
+    @staticmethod
+    def _key(path: str) -> str:
+        return path[len(S3_SCHEME):] if is_s3(path) else path
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._fs.cat_file(self._key(path))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        self._fs.pipe_file(self._key(path), data)  # one PUT: the object appears whole or not at all
+
+    def exists(self, path: str) -> bool:
+        return self._fs.exists(self._key(path))
+
+    def is_dir(self, path: str) -> bool:
+        return self._fs.isdir(self._key(path))
+
+    def size(self, path: str) -> int:
+        return int(self._fs.size(self._key(path)))
+
+    def delete(self, path: str) -> None:
+        if self._fs.exists(self._key(path)):
+            self._fs.rm_file(self._key(path))
+
+    def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
+        """Pages of object URIs directly under `prefix/`, one ListObjectsV2 call per page (never the whole bucket)."""
+        from fsspec.asyn import sync
+
+        bucket, _, key = self._key(prefix).partition("/")
+        key = key.rstrip("/") + "/" if key else ""
+        kwargs = {"Bucket": bucket, "Prefix": key, "Delimiter": "/", "MaxKeys": page_size}
+        while True:
+            out = sync(self._fs.loop, self._fs._call_s3, "list_objects_v2", **kwargs)
+            page = [f"{S3_SCHEME}{bucket}/{obj['Key']}" for obj in out.get("Contents", [])
+                    if not obj["Key"].endswith("/") and not basename(obj["Key"]).startswith(".")]
+            if page:
+                yield page
+            if not out.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = out["NextContinuationToken"]
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_storage(options: S3Options) -> S3Storage:
+    return S3Storage(options)
+
+
+_LOCAL = LocalStorage()
+
+
+def storage_for(uri: str, s3: S3Options | None = None) -> LocalStorage | S3Storage:
+    """The storage that serves `uri` (cached per process, so Ray workers reuse their S3 client)."""
+    return _s3_storage(s3 or S3Options()) if is_s3(uri) else _LOCAL
+
+
+def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
+    """All bytes of one file; a missing file raises InputError naming it."""
+    try:
+        return storage_for(uri, s3).read_bytes(uri)
+    except FileNotFoundError as err:
+        raise InputError(f"{uri} does not exist: check the path (and, for S3, the bucket and prefix).") from err
+    except IsADirectoryError as err:
+        raise InputError(f"{uri} is a directory, expected a file.") from err
+    except PermissionError as err:
+        raise InputError(f"{uri} cannot be read (permission denied): check its permissions or credentials.") from err
+
+
+def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
+    """Write a whole file atomically (local: temp file + rename; S3: one PUT)."""
+    storage_for(uri, s3).write_bytes(uri, data)
