@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import BinaryIO
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError, InputError
@@ -103,6 +105,15 @@ class LocalStorage:
         if os.path.exists(path):
             os.unlink(path)
 
+    def open(self, path: str) -> BinaryIO:
+        return open(path, "rb")
+
+    def delete_tree(self, path: str) -> None:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.unlink(path)
+
     def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
         """Pages of file paths directly under directory `prefix` (sorted within a page), streamed from readdir."""
         if not os.path.isdir(prefix):
@@ -159,13 +170,38 @@ class S3Storage:
         if self._fs.exists(self._key(path)):
             self._fs.rm_file(self._key(path))
 
+    def delete_tree(self, path: str) -> None:
+        key = self._key(path)
+        if self._fs.exists(key):
+            self._fs.rm(key, recursive=True)
+
+    def open(self, path: str) -> BinaryIO:
+        """A seekable reader that fetches 8 MiB ranges on demand (Parquet footers, tar streams)."""
+        return self._fs.open(self._key(path), "rb", block_size=8 * 2**20)
+
     def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
         """Pages of object URIs directly under `prefix/`, one ListObjectsV2 call per page (never the whole bucket)."""
+        yield from self._pages(prefix, page_size)
+
+    def iter_range(self, prefix: str, first: str, last: str, page_size: int = 1000) -> Iterator[str]:
+        """Object URIs directly under `prefix/` whose names sort in [first, last] (one ranged listing)."""
+        start_after = first[:-1]
+        for page in self._pages(prefix, page_size, start_after=start_after):
+            for uri in page:
+                name = basename(uri)
+                if name > last:
+                    return
+                if name >= first:
+                    yield uri
+
+    def _pages(self, prefix: str, page_size: int, start_after: str = "") -> Iterator[list[str]]:
         from fsspec.asyn import sync
 
         bucket, _, key = self._key(prefix).partition("/")
         key = key.rstrip("/") + "/" if key else ""
         kwargs = {"Bucket": bucket, "Prefix": key, "Delimiter": "/", "MaxKeys": page_size}
+        if start_after:
+            kwargs["StartAfter"] = key + start_after
         while True:
             out = sync(self._fs.loop, self._fs._call_s3, "list_objects_v2", **kwargs)
             page = [f"{S3_SCHEME}{bucket}/{obj['Key']}" for obj in out.get("Contents", [])

@@ -48,3 +48,69 @@ class ModelFamily:
 
 
 MODELS: Registry[ModelFamily] = Registry("model")
+
+# The family modules and the loader import ModelFamily/MODELS from here: import them after both exist.
+from pipeline.models import bubbliiiing, milesial  # noqa: E402
+
+MODELS.register("milesial", ModelFamily(
+    name="milesial",
+    source="milesial/Pytorch-UNet@a013c80",
+    backbone="double-conv",
+    build=milesial.build,
+    config_from_state_dict=milesial.config_from_state_dict,
+    default_config=milesial.DEFAULT_CONFIG,
+    default_processing="milesial-a013c80",
+    default_input_size=(512, 512),  # where the seed table quotes FLOPs; upstream predict resizes by --scale
+    input_divisor=1,
+    seed_parameters=31_037_698,
+    notes="Any input size (the up path pads to the skip size). "
+          "Released v3.0 weights: UNet(3, 2, bilinear=False).",
+))
+MODELS.register("bubbliiiing-vgg16", ModelFamily(
+    name="bubbliiiing-vgg16",
+    source="bubbliiiing/unet-pytorch@8ab3732",
+    backbone="vgg16",
+    build=bubbliiiing.build_vgg16,
+    config_from_state_dict=bubbliiiing.vgg16_config_from_state_dict,
+    default_config=bubbliiiing.DEFAULT_CONFIG,
+    default_processing="bubbliiiing",
+    default_input_size=(512, 512),
+    input_divisor=bubbliiiing.INPUT_DIVISOR,
+    seed_parameters=24_892_437,
+    notes="num_classes = object classes + background (21 for VOC).",
+))
+MODELS.register("bubbliiiing-resnet50", ModelFamily(
+    name="bubbliiiing-resnet50",
+    source="bubbliiiing/unet-pytorch@8ab3732",
+    backbone="resnet50",
+    build=bubbliiiing.build_resnet50,
+    config_from_state_dict=bubbliiiing.resnet50_config_from_state_dict,
+    default_config=bubbliiiing.DEFAULT_CONFIG,
+    default_processing="bubbliiiing",
+    default_input_size=(512, 512),
+    input_divisor=bubbliiiing.INPUT_DIVISOR,
+    seed_parameters=43_934_101,
+    notes="num_classes = object classes + background (21 for VOC). "
+          "Max-pool k3 s2 p0 ceil_mode (not torchvision's).",
+))
+
+from pipeline.models import zhixuhao  # noqa: E402
+
+MODELS.register("zhixuhao", ModelFamily(
+    name="zhixuhao",
+    source="zhixuhao/unet@b45af4d",
+    backbone="-",
+    build=zhixuhao.build,
+    config_from_state_dict=zhixuhao.config_from_state_dict,
+    default_config=zhixuhao.DEFAULT_CONFIG,
+    default_processing="zhixuhao",
+    default_input_size=(256, 256),
+    input_divisor=zhixuhao.INPUT_DIVISOR,
+    output_kind="probabilities",
+    seed_parameters=31_031_685,
+    notes="Keras model ported to torch; reads Keras .hdf5/.h5 files. Output: 1-channel sigmoid probability.",
+))
+
+from pipeline.models.loading import LoadedModel, create_model, load_model  # noqa: E402
+
+__all__ = ["MODELS", "LoadedModel", "ModelFamily", "create_model", "load_model"]
