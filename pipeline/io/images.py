@@ -1,0 +1,151 @@
+"""Decoding image and label bytes safely: size limits, truncation, and label values checked per layout.
+
+Everything here turns a bad file into an `InputError` whose message names the problem and the fix; the pipeline
+records it against the input and goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.errors import InputError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; above this an input is treated as a decompression bomb
+
+# The VOC colour palette (class index -> RGB), also used for any mask with up to 21 classes.
+VOC_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
+    (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
+    (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128),
+)
+
+
+def palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Colours for class indices: VOC's for the first 21, then a deterministic spread of hues."""
+    import colorsys
+
+    colours = list(VOC_PALETTE[:num_classes])
+    extra = num_classes - len(colours)
+    for i in range(extra):
+        r, g, b = colorsys.hsv_to_rgb(i / max(extra, 1), 0.8, 0.9)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours
+
+
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> Image.Image:
+    """Decode image bytes completely (so truncation is caught here, not later).
+
+    Raises:
+        InputError: empty, not an image, truncated or corrupt, or above `max_pixels`.
+    """
+    if not data:
+        raise InputError(f"The {what} file is empty (0 bytes): re-export or remove it.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"The {what} is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}: "
+                    "it may be a decompression bomb. Raise --max-pixels if the file is genuine."
+                )
+            image.load()
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise InputError(f"The {what} is not a readable image ({err}): check the file or remove it.") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InputError(
+            f"The {what} is truncated or corrupt ({type(err).__name__}: {err}): re-download or remove it."
+        ) from err
+    if image.mode in ("P", "PA") and what == "image":
+        image.info.pop("transparency", None)
+    return image
+
+
+def decode_class_indices(image: Image.Image, *, layout: str) -> np.ndarray:
+    """A label image whose pixel values are class indices (palette 'P' or greyscale 'L'), as uint8 (H, W)."""
+    if image.mode in ("P", "L"):
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image)
+        if values.size and values.min() >= 0 and values.max() <= 255:
+            return values.astype(np.uint8)
+        raise InputError(
+            f"The {layout} label is a {image.mode} image with values up to {int(values.max())}: class indices must "
+            "be 0..254 (255 = ignore). Save labels as 8-bit 'L' or palette 'P' PNGs."
+        )
+    raise InputError(
+        f"The {layout} label is a {image.mode} image: labels must hold one class index per pixel (8-bit 'L' or "
+        "palette 'P'), not colours. Convert colour masks to class indices first."
+    )
+
+
+def map_label_values(values: np.ndarray, mapping: dict[int, int], *, layout: str, ignore_index: int = 255,
+                     ) -> np.ndarray:
+    """Map raw label pixel values to class indices; a value with no mapping is an error."""
+    lut = np.full(256, -1, dtype=np.int16)
+    for raw, cls in mapping.items():
+        lut[raw] = cls
+    lut[ignore_index] = ignore_index if ignore_index not in mapping else lut[ignore_index]
+    out = lut[values]
+    if (out < 0).any():
+        bad = sorted(int(v) for v in np.unique(values[out < 0]))[:8]
+        raise InputError(
+            f"The {layout} label holds pixel values {bad} that are not classes (expected {sorted(mapping)}): "
+            "check that this is a label of this layout, or pick the layout that matches."
+        )
+    return out.astype(np.uint8)
+
+
+def check_class_range(label: np.ndarray, num_classes: int, *, ignore_index: int = 255) -> None:
+    """Reject label values outside [0, num_classes) other than the ignore index."""
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != ignore_index)]
+    if bad.size:
+        raise InputError(
+            f"The label holds values {[int(v) for v in bad[:8]]} outside the model's {num_classes} classes "
+            f"(0..{num_classes - 1}, {ignore_index} = ignore): the label does not fit this model. Check the "
+            "layout (0/255 masks need --layout carvana or isbi) or the checkpoint's number of classes."
+        )
+
+
+def check_same_size(image_size: tuple[int, int], label: np.ndarray) -> None:
+    """Labels must have the size of their image: (W, H) of the image vs (H, W) of the label array."""
+    width, height = image_size
+    if label.shape[:2] != (height, width):
+        raise InputError(
+            f"The label is {label.shape[1]}x{label.shape[0]} but its image is {width}x{height}: a label must have "
+            "the size of its image. Re-export the label at the image's size."
+        )
+
+
+def encode_png(array: np.ndarray, *, num_classes: int | None = None, compress_level: int = 1) -> bytes:
+    """PNG bytes of a (H, W) uint8 class-index mask.
+
+    With `num_classes`, a palette ('P') PNG whose indices are the classes, coloured with `palette(num_classes)`
+    (VOC's colours for up to 21 classes); without it, a greyscale ('L') PNG of the indices.
+    """
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    height, width = array.shape
+    if num_classes is None:
+        image = Image.frombytes("L", (width, height), array.tobytes())
+    else:
+        image = Image.frombytes("P", (width, height), array.tobytes())
+        flat = [v for colour in palette(num_classes) for v in colour]
+        image.putpalette(flat + [0] * (768 - len(flat)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def decode_png_mask(data: bytes) -> np.ndarray:
+    """The class indices stored by `encode_png` (palette indices or 'L' values)."""
+    image = Image.open(io.BytesIO(data))
+    return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,135 @@
+"""The Ray Data source: one read task per shard, yielding rows of raw image and label bytes.
+
+Nothing is decoded here (decoding is CPU work for the preprocessing tasks). A file that cannot be read becomes a
+row with an error instead of failing the task, so good rows that share a shard are never lost. Rows already
+committed by an interrupted run (`--resume`) are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+
+from pipeline.datasets import ContainerLayout, Item, Layout, LayoutOptions
+from pipeline.errors import InputError
+from pipeline.io import fs
+from pipeline.io.manifest import ShardRef, read_items
+
+SCHEMA = pa.schema([
+    ("shard", pa.int64()), ("row", pa.int64()), ("id", pa.string()), ("source", pa.string()),
+    ("image", pa.binary()), ("label", pa.binary()),
+    ("error_stage", pa.string()), ("error_class", pa.string()), ("error", pa.string()),
+])
+_IO_THREADS = 8
+
+
+def _row(shard: int, row: int, item_id: str, source: str, image: bytes | None = None, label: bytes | None = None,
+         stage: str | None = None, error: BaseException | str | None = None) -> dict:
+    if isinstance(error, BaseException):
+        error_class, message = type(error).__name__, str(error)
+    else:
+        error_class, message = ("InputError" if error else None), error
+    return {"shard": shard, "row": row, "id": item_id, "source": source, "image": image, "label": label,
+            "error_stage": stage if error else None, "error_class": error_class, "error": message}
+
+
+def _fetch(uri: str, s3: fs.S3Options | None) -> bytes:
+    return fs.read_bytes(uri, s3)
+
+
+def _read_item(shard: int, row: int, item: Item, expect_labels: bool, s3: fs.S3Options | None) -> dict:
+    if item.image is None:
+        return _row(shard, row, item.id, item.label or "", stage="read",
+                    error=f"label {item.label} has no image: add the image or remove the label")
+    try:
+        image = _fetch(item.image, s3)
+    except InputError as err:
+        return _row(shard, row, item.id, item.image, stage="read", error=err)
+    except Exception as err:  # network or permission failures after the client's own retries
+        return _row(shard, row, item.id, item.image, stage="read", error=err)
+    label = None
+    if expect_labels:
+        if item.label is None:
+            return _row(shard, row, item.id, item.image, image, stage="read", error="the layout gives no label")
+        try:
+            label = _fetch(item.label, s3)
+        except InputError as err:
+            return _row(shard, row, item.id, item.image, stage="read", error=InputError(
+                f"label {item.label} is missing for image {item.image}: add it, or use `predict` for unlabelled "
+                f"images ({err})"))
+        except Exception as err:
+            return _row(shard, row, item.id, item.image, stage="read", error=err)
+    return _row(shard, row, item.id, item.image, image, label)
+
+
+def read_shard(ref: ShardRef, layout: Layout, options: LayoutOptions, expect_labels: bool,
+               s3: fs.S3Options | None, skip_rows: frozenset[int], block_rows: int) -> Iterator[pa.Table]:
+    """Blocks of at most `block_rows` rows of one shard, rows numbered in a stable order."""
+    rows: list[dict] = []
+    if ref.kind == "items":
+        items = [(i, it) for i, it in enumerate(read_items(ref, s3)) if i not in skip_rows]
+        workers = _IO_THREADS if any(fs.is_s3(it.image or it.label or "") for _, it in items) else 1
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(_read_item, ref.index, i, it, expect_labels, s3) for i, it in items]
+            for future in futures:
+                rows.append(future.result())
+                if len(rows) >= block_rows:
+                    yield pa.Table.from_pylist(rows, schema=SCHEMA)
+                    rows = []
+    else:
+        if not isinstance(layout, ContainerLayout):
+            raise TypeError(f"shard {ref.uri} is a container but layout {layout.name} reads files")
+        try:
+            for i, sample in enumerate(layout.read(ref.uri, options, s3, expect_labels)):
+                if i in skip_rows:
+                    continue
+                rows.append(_row(ref.index, i, sample.id, f"{ref.uri}#{sample.id}", sample.image, sample.label,
+                                 stage="read", error=sample.error))
+                if len(rows) >= block_rows:
+                    yield pa.Table.from_pylist(rows, schema=SCHEMA)
+                    rows = []
+        except Exception as err:  # a corrupt container: everything after the last good sample is one error
+            if -1 not in skip_rows:
+                rows.append(_row(ref.index, -1, fs.basename(ref.uri), ref.uri, stage="read", error=InputError(
+                    f"container {ref.uri} is corrupt or truncated after its last readable sample ({err}): "
+                    "re-create the shard")))
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+class ShardDatasource(Datasource):
+    """A Datasource over precomputed shards (see `pipeline.io.manifest`)."""
+
+    def __init__(self, shards: list[ShardRef], layout: Layout, options: LayoutOptions, expect_labels: bool,
+                 s3: fs.S3Options | None, done_rows: Mapping[int, frozenset[int]] | None = None,
+                 block_rows: int = 64) -> None:
+        self._shards = shards
+        self._layout = layout
+        self._options = options
+        self._expect_labels = expect_labels
+        self._s3 = s3
+        self._done = done_rows or {}
+        self._block_rows = block_rows
+
+    def get_name(self) -> str:
+        return "Shards"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        tasks = []
+        for ref in self._shards:
+            skip = self._done.get(ref.index, frozenset())
+            if ref.size is not None and len(skip) >= ref.size:
+                continue  # completely committed by an earlier attempt
+            args = (ref, self._layout, self._options, self._expect_labels, self._s3, skip, self._block_rows)
+            metadata = BlockMetadata(num_rows=None if ref.size is None else ref.size - len(skip),
+                                     size_bytes=None, input_files=None, exec_stats=None)
+            tasks.append(ReadTask(lambda args=args: read_shard(*args), metadata, schema=SCHEMA))
+        return tasks

@@ -1,0 +1,117 @@
+"""Small datasets in every layout, written by the tests (never downloaded)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.demo.synthetic import make_sample
+
+
+def samples(count: int, first: int = 500, binary: bool = False, size: tuple[int, int] | None = None,
+            ) -> list[tuple[str, Image.Image, np.ndarray]]:
+    """(id, RGB image, class-index label) triples from the synthetic generator; `binary` folds classes to 0/1."""
+    out = []
+    for index in range(first, first + count):
+        image, label = make_sample(index, size)
+        classes = np.asarray(label).copy()
+        if binary:
+            classes = np.where(classes == 255, 255, (classes > 0).astype(np.uint8)).astype(np.uint8)
+        out.append((f"s{index:04d}", image, classes))
+    return out
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def palette_png(classes: np.ndarray) -> Image.Image:
+    image = Image.frombytes("P", (classes.shape[1], classes.shape[0]), np.ascontiguousarray(classes).tobytes())
+    image.putpalette([v for i in range(256) for v in (i * 7 % 256, i * 13 % 256, i * 29 % 256)])
+    return image
+
+
+def write_pairs(root: Path, items, image_dir="images", mask_dir="masks", suffix=".png", ext=".png") -> Path:
+    (root / image_dir).mkdir(parents=True, exist_ok=True)
+    (root / mask_dir).mkdir(parents=True, exist_ok=True)
+    for item_id, image, classes in items:
+        image.save(root / image_dir / f"{item_id}{ext}")
+        Image.fromarray(classes, "L").save(root / mask_dir / f"{item_id}{suffix}")
+    return root
+
+
+def write_voc(root: Path, items, split: str = "val") -> Path:
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for item_id, image, classes in items:
+        (base / "JPEGImages" / f"{item_id}.jpg").write_bytes(jpeg_bytes(image))
+        palette_png(classes).save(base / "SegmentationClass" / f"{item_id}.png")
+    (base / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i, _, _ in items))
+    return root
+
+
+def write_carvana(root: Path, items, mask_scale: int = 1) -> Path:
+    """imgs/<id>.jpg and masks/<id>_mask.gif with values 0/1 (mask_scale 1) or 0/255 (mask_scale 255)."""
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for item_id, image, classes in items:
+        (root / "imgs" / f"{item_id}.jpg").write_bytes(jpeg_bytes(image))
+        binary = (np.where(classes == 255, 0, classes) > 0).astype(np.uint8) * mask_scale
+        Image.fromarray(binary, "L").convert("P").save(root / "masks" / f"{item_id}_mask.gif")
+    return root
+
+
+def write_isbi(root: Path, items) -> Path:
+    (root / "image").mkdir(parents=True, exist_ok=True)
+    (root / "label").mkdir(parents=True, exist_ok=True)
+    for item_id, image, classes in items:
+        image.convert("L").save(root / "image" / f"{item_id}.png")
+        Image.fromarray(((np.where(classes == 255, 0, classes) > 0) * 255).astype(np.uint8), "L").save(
+            root / "label" / f"{item_id}.png")
+    return root
+
+
+def write_parquet(root: Path, items, shards: int = 2, with_masks: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        part = items[s::shards]
+        data = {"id": [i for i, _, _ in part], "image": [png_bytes(im) for _, im, _ in part]}
+        if with_masks:
+            data["mask"] = [png_bytes(Image.fromarray(c, "L")) for _, _, c in part]
+        pq.write_table(pa.table(data), root / f"part-{s}.parquet")
+    return root
+
+
+def write_webdataset(root: Path, items, shards: int = 2) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        with tarfile.open(root / f"shard-{s:04d}.tar", "w") as tar:
+            for item_id, image, classes in items[s::shards]:
+                for name, data in ((f"{item_id}.png", png_bytes(image)),
+                                   (f"{item_id}.mask.png", png_bytes(Image.fromarray(classes, "L")))):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def write_folder(root: Path, items) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for item_id, image, _ in items:
+        image.save(root / f"{item_id}.png")
+    return root
