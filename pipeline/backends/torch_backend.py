@@ -1,0 +1,60 @@
+"""PyTorch inference on CPU or CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.backends.base import BackendSpec, ToNetworkInput
+from pipeline.errors import BackendUnavailable, ConfigError
+from pipeline.io.fs import S3Options
+
+
+class TorchBackend:
+    """One torch model on one device; channels-last on CPU where it is faster (see README, "CPU fast path")."""
+
+    name = "torch"
+
+    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> None:
+        import torch
+
+        from pipeline.models import load_model
+
+        if spec.precision not in ("fp32", "fp16"):
+            raise ConfigError(
+                f"The torch backend runs fp32 or fp16, not {spec.precision}: use --backend onnx --precision int8 "
+                "for int8."
+            )
+        if spec.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(
+                f"--device {spec.device} was asked for but torch sees no CUDA device here: use --device cpu, or run "
+                "on a node with a GPU (Ray places the actors there when --device cuda requests num_gpus=1)."
+            )
+        if spec.threads:
+            torch.set_num_threads(int(spec.threads))
+        self._torch = torch
+        self._to_network_input = to_network_input
+        loaded = load_model(spec.model, spec.checkpoint, s3=s3, **spec.model_config)
+        self.loaded = loaded
+        self._device = torch.device(spec.device)
+        self._dtype = torch.float16 if spec.precision == "fp16" else torch.float32
+        self._channels_last = bool(spec.options.get("channels_last", spec.device == "cpu"))
+        module = loaded.module.to(self._device, dtype=self._dtype).eval()
+        if self._channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self._module = module
+        self._closed = False
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("the torch backend was closed")
+        torch = self._torch
+        x = torch.from_numpy(self._to_network_input(images)).to(self._device, dtype=self._dtype)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = self._module(x)
+        return out.float().contiguous().cpu().numpy()
+
+    def close(self) -> None:
+        self._module = None
+        self._closed = True

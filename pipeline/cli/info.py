@@ -1,0 +1,71 @@
+"""Commands that describe what the pipeline knows: models, layouts, processing modes."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p.strip()]
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected CxHxW, e.g. 3x512x512, got {text!r}", param_hint="--shape")
+    return parts[0], parts[1], parts[2]
+
+
+@click.command()
+@click.option("--shape", help="Input shape CxHxW for the FLOPs column (default: each model's default size).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(shape: str | None, as_json: bool) -> None:
+    """List the registered models: parameters, GFLOPs, default input size and classes.
+
+    \b
+    Example:
+      unet-pipeline models --shape 3x512x512
+    """
+    from pipeline.models import MODELS
+    from pipeline.models.figures import model_figures
+
+    rows = []
+    for name, family in MODELS.items():
+        figures = model_figures(name, _parse_shape(shape))
+        rows.append({
+            "name": name, "source": family.source, "backbone": family.backbone,
+            "parameters": figures["parameters"], "parameters_m": round(figures["parameters"] / 1e6, 3),
+            "gflops": round(figures["gflops"], 3), "flops_convention": figures["convention"],
+            "input_shape": list(figures["input_shape"]), "default_input_size": list(family.default_input_size),
+            "classes": family.default_config.get("num_classes"), "processing": family.default_processing,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = f"{'name':<22} {'params (M)':>10} {'GFLOPs':>9} {'at shape':>11} {'default size':>12} {'classes':>7}  source"
+    click.echo(header)
+    for r in rows:
+        at = "x".join(str(v) for v in r["input_shape"])
+        size = "x".join(str(v) for v in r["default_input_size"])
+        click.echo(f"{r['name']:<22} {r['parameters_m']:>10.3f} {r['gflops']:>9.3f} {at:>11} {size:>12} "
+                   f"{r['classes']:>7}  {r['source']}")
+    click.echo(f"GFLOPs: {rows[0]['flops_convention']}; see README 'Model figures'.")
+
+
+@click.command()
+def layouts() -> None:
+    """List the dataset layouts `--layout` accepts."""
+    from pipeline.datasets import LAYOUTS
+
+    for name, layout in LAYOUTS.items():
+        click.echo(f"{name:<11} {layout.description}")
+
+
+@click.command()
+def processings() -> None:
+    """List the pre/post-processing modes `--processing` accepts."""
+    from pipeline.processing import PROCESSINGS
+
+    for name, mode in PROCESSINGS.items():
+        doc = (getattr(mode, "description", None) or (mode.__doc__ or "")).strip().splitlines()
+        click.echo(f"{name:<17} {doc[0] if doc else ''}")

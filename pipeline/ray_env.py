@@ -1,0 +1,52 @@
+"""Connecting to Ray: an existing cluster when one is named, otherwise a private local one started on demand."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+def progress_default() -> bool:
+    """Progress bars on an interactive terminal, never in CI or when output is piped."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def ensure_ray(address: str | None = None, *, progress: bool | None = None) -> None:
+    """Initialise Ray once per process.
+
+    `address` (or RAY_ADDRESS, which `ray job submit` sets for its jobs) connects to that cluster; with neither, a
+    local Ray is started with this machine's CPUs and no dashboard.
+    """
+    import ray
+
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    show_progress = progress_default() if progress is None else progress
+    if not show_progress:
+        os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = show_progress
+    ctx.enable_operator_progress_bars = show_progress
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))

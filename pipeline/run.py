@@ -1,0 +1,243 @@
+"""One scoring or prediction run, end to end, in a single streaming Ray Data pass.
+
+    shards (manifest) -> read bytes (tasks) -> decode + preprocess (tasks) -> infer + post-process (actor pool)
+        -> score + encode + write (sink tasks) -> sum of confusion matrices -> metrics.json
+
+Inference runs once per image: the dataset is consumed exactly once, by the sink, and metrics come only from the
+confusion matrices the sink's parts return (never from re-reading or re-running anything).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.backends import BackendSpec
+from pipeline.config import RunConfig
+from pipeline.datasets import LAYOUTS, Layout, LayoutOptions
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import fs
+from pipeline.io.manifest import plan_shards
+from pipeline.io.sink import MaskSink, SinkSettings, parts_dir
+from pipeline.metrics import scores_from_confusion
+from pipeline.models import LoadedModel, load_model
+from pipeline.processing import create_processing
+
+OWN_OUTPUTS = ("_run", "masks", "png", "metrics.json", "summary.json", "errors.jsonl", "report.html", "report.md")
+
+
+class RunFailed(PipelineError):
+    """The run finished but broke a limit (too many errors); its outputs and metrics were still written."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    metrics: dict[str, Any]
+    output: str
+    metrics_uri: str
+
+    @property
+    def miou(self) -> float | None:
+        return self.metrics.get("miou")
+
+
+def check_no_overlap(input_uri: str, output_uri: str) -> None:
+    """Refuse an output prefix equal to, inside, or containing the input (a run would read its own outputs)."""
+    a, b = input_uri.rstrip("/") + "/", output_uri.rstrip("/") + "/"
+    if a.startswith(b) or b.startswith(a):
+        raise ConfigError(
+            f"--output {output_uri} overlaps --input {input_uri}: a run must not write where it reads. "
+            "Pick an output folder outside the input."
+        )
+
+
+def _layout_options(config: RunConfig, loaded: LoadedModel) -> LayoutOptions:
+    label_values = config.label_values
+    mask_values = loaded.checkpoint.metadata.get("mask_values")
+    if label_values is None and config.layout == "pairs" and mask_values and all(
+            isinstance(v, int) for v in mask_values):
+        label_values = tuple(mask_values)  # milesial HEAD checkpoints record the raw mask value of each class
+    return LayoutOptions(split=config.split, image_dir=config.image_dir, mask_dir=config.mask_dir,
+                         mask_suffix=config.mask_suffix, image_column=config.image_column,
+                         mask_column=config.mask_column, id_column=config.id_column, label_values=label_values)
+
+
+def _clean_previous(output: str, s3: fs.S3Options | None) -> None:
+    storage = fs.storage_for(output, s3)
+    for name in OWN_OUTPUTS:
+        storage.delete_tree(fs.join(output, name))
+
+
+def _committed_parts(output: str, s3: fs.S3Options | None) -> list[dict]:
+    storage = fs.storage_for(output, s3)
+    records = []
+    for page in storage.iter_files(parts_dir(output)):
+        for uri in page:
+            if uri.endswith(".json"):
+                records.append(json.loads(storage.read_bytes(uri)))
+    return records
+
+
+def _actor_plan(config: RunConfig) -> tuple[int, int]:
+    """(number of inference actors, torch threads per actor)."""
+    from pipeline.ray_env import cluster_cpus
+
+    threads = config.threads_per_actor or max(1, math.ceil(config.num_cpus_per_actor))
+    if config.concurrency is not None:
+        return config.concurrency, threads
+    if config.backend == "vacc" or config.device.startswith("cuda"):
+        return 1, threads
+    spare = cluster_cpus() - config.num_cpus_per_task  # keep room for the read/preprocess/write tasks
+    return max(1, int(spare // config.num_cpus_per_actor)), threads
+
+
+def _metrics(config: RunConfig, loaded: LoadedModel, layout: Layout, class_names: tuple[str, ...],
+             parts: list[dict], timings: dict[str, float], num_classes: int) -> dict[str, Any]:
+    total = np.zeros((num_classes, num_classes), np.int64)
+    errors_by_stage: Counter[str] = Counter()
+    num_ok = num_errors = scored = 0
+    dice_sum = 0.0
+    for part in parts:
+        total += np.asarray(part["confusion"], np.int64).reshape(num_classes, num_classes)
+        num_ok += part["num_ok"]
+        num_errors += part["num_errors"]
+        scored += part["num_scored"]
+        dice_sum += part["dice_sum"]
+        errors_by_stage.update(e["error_stage"] for e in part["errors"])
+    metrics: dict[str, Any] = {"command": config.command}
+    if config.command == "score":
+        metrics.update(scores_from_confusion(total, class_names).to_dict())
+        metrics["dice_per_image_mean"] = dice_sum / scored if scored else None
+    wall = timings["wall_seconds"]
+    metrics.update({
+        "num_inputs": num_ok + num_errors,
+        "num_images": num_ok,
+        "num_errors": num_errors,
+        "errors_by_stage": dict(errors_by_stage),
+        "model": {
+            "name": loaded.family.name, "source": loaded.family.source, "backbone": loaded.family.backbone,
+            "config": loaded.config, "checkpoint": config.checkpoint, "checkpoint_sha256": loaded.checkpoint.sha256,
+            "mask_values": loaded.checkpoint.metadata.get("mask_values"),
+        },
+        "dataset": {"uri": config.input, "layout": layout.name, "split": config.split if layout.name == "voc" else None,
+                    "class_names": list(class_names)},
+        "timings": {**{k: round(v, 3) for k, v in timings.items()},
+                    "images_per_second": round(num_ok / timings["pipeline_seconds"], 3)
+                    if timings["pipeline_seconds"] else None},
+        "config": config.to_dict(),
+        "version": __version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    metrics["timings"]["wall_seconds"] = round(wall, 3)
+    return metrics
+
+
+def _check_error_limit(config: RunConfig, num_inputs: int, num_errors: int, by_stage: dict) -> None:
+    limit = config.max_errors
+    if limit is None or num_errors == 0:
+        return
+    allowed = limit * num_inputs if limit < 1 else limit
+    if num_errors > allowed:
+        summary = ", ".join(f"{stage}: {n}" for stage, n in sorted(by_stage.items()))
+        raise RunFailed(
+            f"{num_errors} of {num_inputs} inputs failed ({summary}), above --max-errors {config.max_errors}. "
+            "See errors.jsonl in the output for each file and reason."
+        )
+
+
+def run(config: RunConfig) -> RunResult:
+    """Run one job (score or predict) and return its metrics; raise RunFailed if it broke --max-errors."""
+    import ray
+
+    from pipeline.ray_env import ensure_ray
+    from pipeline.stages import Predictor, preprocess_batch
+
+    started = time.perf_counter()
+    s3 = config.s3
+    config = config.replace(input=fs.normalize(config.input), output=fs.normalize(config.output))
+    check_no_overlap(config.input, config.output)
+    layout = LAYOUTS.get(config.layout)
+    scoring = config.command == "score"
+    if scoring and not layout.has_labels:
+        raise ConfigError(f"`score` needs labels, and the {layout.name} layout has none: use `predict`, or a layout "
+                          "with labels (voc, carvana, isbi, pairs, parquet, webdataset).")
+
+    loaded = load_model(config.model, config.checkpoint, s3=s3, **config.model_config)
+    processing = create_processing(
+        config.processing, family=loaded.family, num_classes=loaded.module.num_classes,
+        in_channels=loaded.module.in_channels, scale=config.scale, input_size=config.input_size,
+        threshold=config.threshold)
+    num_classes = processing.num_classes_out
+    class_names = config.class_names or layout.names_for(num_classes)
+    if len(class_names) != num_classes:
+        raise ConfigError(f"--class-names gives {len(class_names)} names for a {num_classes}-class model.")
+    options = _layout_options(config, loaded)
+    label_rule = layout.label_rule(num_classes, options) if scoring else None
+
+    if not config.resume:
+        _clean_previous(config.output, s3)
+    listing_started = time.perf_counter()
+    shards = plan_shards(layout, config.input, options, config.output, config.shard_size, s3,
+                         reuse=config.resume, expect_labels=scoring)
+    listing_seconds = time.perf_counter() - listing_started
+    previous = _committed_parts(config.output, s3) if config.resume else []
+    done: dict[int, set[int]] = {}
+    for part in previous:
+        done.setdefault(part["shard"], set()).update(part["rows"])
+
+    ensure_ray(config.ray_address, progress=config.progress)
+    actors, threads = _actor_plan(config)
+    spec = BackendSpec(name=config.backend, model=loaded.family.name, checkpoint=config.checkpoint,
+                       model_config=dict(loaded.config), device=config.device, precision=config.precision,
+                       threads=threads, batch_size=config.batch_size, options=dict(config.backend_options))
+    del loaded.module  # the driver only needed it to validate the checkpoint
+    from pipeline.io.source import ShardDatasource
+
+    source = ShardDatasource(shards, layout, options, scoring, s3,
+                             {k: frozenset(v) for k, v in done.items()}, block_rows=config.shard_size)
+    pending = len(source.get_read_tasks(1))
+    sink = MaskSink(SinkSettings(config.output, config.formats, num_classes, scoring, loaded.family.name, s3))
+    pipeline_started = time.perf_counter()
+    if pending:
+        resources: dict[str, Any] = {"num_cpus": config.num_cpus_per_actor}
+        if config.device.startswith("cuda"):
+            resources["num_gpus"] = 1
+        if config.backend == "vacc":
+            resources["resources"] = {"VACC": 1}
+        dataset = (
+            ray.data.read_datasource(source, override_num_blocks=pending)
+            .map_batches(preprocess_batch, batch_size=None, batch_format="numpy", num_cpus=config.num_cpus_per_task,
+                         fn_kwargs={"processing": processing, "label_rule": label_rule,
+                                    "max_pixels": config.max_pixels})
+            .map_batches(Predictor, batch_size=None, batch_format="numpy",
+                         fn_constructor_kwargs={"spec": spec, "processing": processing, "s3": s3},
+                         compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+        )
+        dataset.write_datasink(sink)
+    pipeline_seconds = time.perf_counter() - pipeline_started
+
+    parts = previous + sink.parts
+    timings = {"listing_seconds": listing_seconds, "pipeline_seconds": pipeline_seconds,
+               "wall_seconds": time.perf_counter() - started}
+    metrics = _metrics(config, loaded, layout, class_names, parts, timings, num_classes)
+    metrics["processing"] = {"name": processing.name, "scale": config.scale,
+                             "input_size": list(config.input_size) if config.input_size else None}
+    metrics["backend"] = {"name": config.backend, "device": config.device, "precision": config.precision,
+                          "actors": actors, "threads_per_actor": threads, "batch_size": config.batch_size}
+    errors = [e for part in parts for e in part["errors"]]
+    errors.sort(key=lambda e: (e["shard"], e["row"]))
+    fs.write_bytes(fs.join(config.output, "errors.jsonl"),
+                   "".join(json.dumps(e) + "\n" for e in errors).encode("utf-8"), s3)
+    name = "metrics.json" if scoring else "summary.json"
+    metrics_uri = fs.join(config.output, name)
+    fs.write_bytes(metrics_uri, json.dumps(metrics, indent=2).encode("utf-8"), s3)
+    _check_error_limit(config, metrics["num_inputs"], metrics["num_errors"], metrics["errors_by_stage"])
+    return RunResult(metrics, config.output, metrics_uri)
