@@ -94,6 +94,11 @@ class RunConfig:
     threads_per_actor: int | None = None
     num_cpus_per_task: float = 0.5
     backend_options: dict[str, Any] = field(default_factory=dict)
+    # backend preparation (once per job, on the driver): int8 calibration, VACC model files
+    calibration: str = "entropy"
+    calibration_images: int = 32
+    vacc_model: str | None = None
+    actors_per_die: int = 1
     # robustness
     max_errors: float | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
-from pipeline.backends import BackendSpec
+from pipeline.backends import BackendSpec, PrepareContext, prepare_backend
 from pipeline.config import RunConfig
 from pipeline.datasets import LAYOUTS, Layout, LayoutOptions
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
-from pipeline.io.manifest import plan_shards
+from pipeline.io.manifest import ShardRef, plan_shards
 from pipeline.io.sink import MaskSink, SinkSettings, parts_dir
 from pipeline.metrics import scores_from_confusion
 from pipeline.models import LoadedModel, load_model
@@ -99,6 +99,30 @@ def _actor_plan(config: RunConfig) -> tuple[int, int]:
     return max(1, int(spare // config.num_cpus_per_actor)), threads
 
 
+def sample_images_from(shards: list[ShardRef], layout: Layout, options: LayoutOptions, processing,
+                       s3: fs.S3Options | None, max_pixels: int):
+    """`sample_images(n)` for backend calibration: the first n decodable images of the run, preprocessed."""
+    from pipeline.io.images import open_image
+    from pipeline.io.source import read_shard
+
+    def sample_images(n: int) -> list[np.ndarray]:
+        images: list[np.ndarray] = []
+        for ref in shards:
+            for table in read_shard(ref, layout, options, False, s3, frozenset(), block_rows=max(n, 1)):
+                for data, error in zip(table.column("image").to_pylist(), table.column("error").to_pylist()):
+                    if error or data is None:
+                        continue
+                    try:
+                        images.append(processing.prepare(open_image(data, max_pixels=max_pixels)).image)
+                    except Exception:  # a bad file is the pipeline's business, not calibration's
+                        continue
+                    if len(images) >= n:
+                        return images
+        return images
+
+    return sample_images
+
+
 def _metrics(config: RunConfig, loaded: LoadedModel, layout: Layout, class_names: tuple[str, ...],
              parts: list[dict], timings: dict[str, float], num_classes: int) -> dict[str, Any]:
     total = np.zeros((num_classes, num_classes), np.int64)
@@ -161,7 +185,7 @@ def run(config: RunConfig) -> RunResult:
     from pipeline.stages import Predictor, preprocess_batch
 
     started = time.perf_counter()
-    s3 = config.s3
+    s3 = config.s3.resolved()  # endpoint and region fixed on the driver; credentials stay in each node's env
     config = config.replace(input=fs.normalize(config.input), output=fs.normalize(config.output))
     check_no_overlap(config.input, config.output)
     layout = LAYOUTS.get(config.layout)
@@ -198,7 +222,14 @@ def run(config: RunConfig) -> RunResult:
     spec = BackendSpec(name=config.backend, model=loaded.family.name, checkpoint=config.checkpoint,
                        model_config=dict(loaded.config), device=config.device, precision=config.precision,
                        threads=threads, batch_size=config.batch_size, options=dict(config.backend_options))
-    del loaded.module  # the driver only needed it to validate the checkpoint
+    from pipeline.defaults import cache_dir
+
+    spec = prepare_backend(spec, PrepareContext(
+        to_network_input=processing.to_network_input,
+        sample_images=sample_images_from(shards, layout, options, processing, s3, config.max_pixels),
+        cache_dir=str(cache_dir() / "backends"), s3=s3, calibration=config.calibration,
+        calibration_images=config.calibration_images, vacc_model=config.vacc_model,
+        actors_per_die=config.actors_per_die))
     from pipeline.io.source import ShardDatasource
 
     source = ShardDatasource(shards, layout, options, scoring, s3,
@@ -213,7 +244,7 @@ def run(config: RunConfig) -> RunResult:
         if config.backend == "vacc":
             resources["resources"] = {"VACC": 1}
         dataset = (
-            ray.data.read_datasource(source, override_num_blocks=pending)
+            ray.data.read_datasource(source, override_num_blocks=pending, num_cpus=config.num_cpus_per_task)
             .map_batches(preprocess_batch, batch_size=None, batch_format="numpy", num_cpus=config.num_cpus_per_task,
                          fn_kwargs={"processing": processing, "label_rule": label_rule,
                                     "max_pixels": config.max_pixels})

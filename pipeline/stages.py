@@ -31,6 +31,11 @@ def unpack(data: bytes, shape: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(tuple(int(d) for d in shape.split(",")))
 
 
+def failed(error: Any) -> bool:
+    """Whether a row's `error` cell records a failure ("" or a missing value means the row is good)."""
+    return isinstance(error, str) and error != ""
+
+
 def _object_column(values: list[Any]) -> np.ndarray:
     column = np.empty(len(values), dtype=object)
     column[:] = values
@@ -53,7 +58,7 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, processing: Any, label_rul
     for key in ("net", "net_shape", "meta", "label", "label_shape"):
         out[key] = [None] * n
     for i in range(n):
-        if out["error"][i]:
+        if failed(out["error"][i]):
             continue
         stage = "decode"
         try:
@@ -99,7 +104,7 @@ class Predictor:
         out["mask_shape"] = [None] * n
         groups: dict[str, list[int]] = {}
         for i in range(n):
-            if not out["error"][i]:
+            if not failed(out["error"][i]):
                 groups.setdefault(batch["net_shape"][i], []).append(i)
         for shape, rows in groups.items():
             for start in range(0, len(rows), self.spec.batch_size):

@@ -21,6 +21,12 @@ os.environ.setdefault("RAY_custom_unit_instance_resources", "neuron_cores,TPU,NP
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray shared by every test of the session (starting one costs ~7 s)."""
@@ -36,47 +42,39 @@ def ray_session():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The S3 server's address and credentials are fixed before any Ray starts, so that Ray workers inherit them from
+# the environment exactly as they would on a user's machine (credentials are never passed through the pipeline).
+S3_PORT = _free_port()
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+          "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_REGION": "us-east-1"}
+os.environ.update(S3_ENV)
 
 
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1 in its own process; yields its endpoint URL.
 
-    Credentials and endpoint go into the environment, exactly where users put them, so the code under test uses its
-    normal path (s3fs/botocore reading AWS_* variables).
+    Credentials and endpoint are in the environment (set at import, above), where users put them, so the code under
+    test uses its normal path (s3fs/botocore reading AWS_* variables).
     """
-    port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = S3_ENV["AWS_ENDPOINT_URL"]
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection(("127.0.0.1", S3_PORT), timeout=0.5):
                 break
         except OSError:
             time.sleep(0.2)
     else:
         process.kill()
         raise RuntimeError("moto server did not start")
-    env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-           "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
         yield endpoint
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         process.terminate()
         process.wait(10)
 

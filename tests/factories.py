@@ -14,6 +14,16 @@ from PIL import Image
 from pipeline.demo.synthetic import make_sample
 
 
+def make_sample_pair(index: int, size: tuple[int, int] | None = None, binary: bool = False,
+                     ) -> tuple[Image.Image, np.ndarray]:
+    """(RGB image, class-index label) of one synthetic sample; `binary` folds the shape classes into class 1."""
+    image, label = make_sample(index, size)
+    classes = np.asarray(label).copy()
+    if binary:
+        classes = np.where(classes == 255, 255, (classes > 0).astype(np.uint8)).astype(np.uint8)
+    return image, classes
+
+
 def samples(count: int, first: int = 500, binary: bool = False, size: tuple[int, int] | None = None,
             ) -> list[tuple[str, Image.Image, np.ndarray]]:
     """(id, RGB image, class-index label) triples from the synthetic generator; `binary` folds classes to 0/1."""

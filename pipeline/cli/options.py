@@ -33,6 +33,8 @@ model_options = _compose(
     click.option("--num-classes", type=int, help="Override the number of classes (normally read off the weights)."),
     click.option("--in-channels", type=int, help="Override the input channels (normally read off the weights)."),
     click.option("--bilinear/--no-bilinear", default=None, help="milesial: bilinear up-sampling variant."),
+    click.option("--base-channels", type=int, help="milesial: width of the first block (upstream 64)."),
+    click.option("--conv-bias/--no-conv-bias", default=None, help="milesial: convolutions with bias terms."),
 )
 
 processing_options = _compose(
@@ -78,6 +80,13 @@ execution_options = _compose(
     click.option("--concurrency", type=int, help="Inference actors (default: as many as the CPUs allow)."),
     click.option("--num-cpus-per-actor", type=float, default=1.0, show_default=True),
     click.option("--threads-per-actor", type=int, help="Intra-op threads per actor (default: its CPUs)."),
+    click.option("--calibration", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
+                 show_default=True, help="int8: activation range calibration (entropy = KL divergence)."),
+    click.option("--calibration-images", type=int, default=32, show_default=True,
+                 help="int8: images of the dataset used for calibration (once per job, cached)."),
+    click.option("--vacc-model", help="vacc: prefix of the compiled model files (<prefix>.so/.json/.params)."),
+    click.option("--actors-per-die", type=int, default=1, show_default=True,
+                 help="vacc: inference actors sharing one VACC die."),
     click.option("--max-errors", help="Fail the run above this many bad inputs (count, or fraction like 0.05 or 5%)."),
     click.option("--resume", is_flag=True, help="Continue an interrupted run in --output, skipping committed work."),
     click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
@@ -120,6 +129,8 @@ _FIELDS = {  # RunConfig field -> click parameter name
     "format": "output_format", "backend": "backend", "device": "device", "precision": "precision",
     "batch_size": "batch_size", "shard_size": "shard_size", "concurrency": "concurrency",
     "num_cpus_per_actor": "num_cpus_per_actor", "threads_per_actor": "threads_per_actor",
+    "calibration": "calibration", "calibration_images": "calibration_images", "vacc_model": "vacc_model",
+    "actors_per_die": "actors_per_die",
     "max_errors": "max_errors", "resume": "resume", "ray_address": "address", "progress": "progress",
 }
 _CONVERT: dict[str, Callable[[Any], Any]] = {
@@ -149,7 +160,7 @@ def build_config(command: str, params: dict[str, Any], explicit: set[str],
     for field_name, param in _FIELDS.items():
         if param in explicit and params.get(param) is not None:
             merged[field_name] = _CONVERT.get(field_name, lambda v: v)(params[param])
-    model_config = {key: params[key] for key in ("num_classes", "in_channels", "bilinear") if params.get(key) is not None}
+    model_config = {key: params[key] for key in ("num_classes", "in_channels", "bilinear", "base_channels", "conv_bias") if params.get(key) is not None}
     if model_config:
         merged["model_config"] = {**merged.get("model_config", {}), **model_config}
     if not merged.get("resume"):

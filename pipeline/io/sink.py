@@ -25,7 +25,7 @@ from ray.data.datasource import Datasink
 from pipeline.io import fs
 from pipeline.io.images import encode_png
 from pipeline.metrics import confusion_matrix, image_dice, image_scores
-from pipeline.stages import unpack
+from pipeline.stages import failed, unpack
 
 MASK_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
@@ -107,7 +107,7 @@ class MaskSink(Datasink[list[dict]]):
         total = np.zeros((s.num_classes, s.num_classes), np.int64)
         dice_sum, scored, errors, out_rows, files = 0.0, 0, [], [], []
         for row in rows:
-            if row["error"]:
+            if failed(row["error"]):
                 errors.append({k: row[k] for k in ("shard", "row", "id", "source", "error_stage", "error_class",
                                                    "error")})
                 continue

@@ -32,9 +32,9 @@ def _row(shard: int, row: int, item_id: str, source: str, image: bytes | None = 
     if isinstance(error, BaseException):
         error_class, message = type(error).__name__, str(error)
     else:
-        error_class, message = ("InputError" if error else None), error
+        error_class, message = ("InputError" if error else ""), error or ""
     return {"shard": shard, "row": row, "id": item_id, "source": source, "image": image, "label": label,
-            "error_stage": stage if error else None, "error_class": error_class, "error": message}
+            "error_stage": (stage or "") if error else "", "error_class": error_class, "error": message}
 
 
 def _fetch(uri: str, s3: fs.S3Options | None) -> bytes:
