@@ -52,17 +52,19 @@ def evaluate(model: torch.nn.Module, count: int = 48) -> float:
     return scores_from_confusion(total).miou
 
 
-def train(steps: int, batch_size: int, crop: int, seed: int = 0) -> torch.nn.Module:
+def train(steps: int, batch_size: int, crop: int, seed: int = 0,
+          class_weights: tuple[float, ...] | None = None) -> torch.nn.Module:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = create_model("milesial", **MODEL_CONFIG)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     started = time.time()
     for step in range(steps):
         x, y = _batch(rng, step * batch_size, batch_size, crop)
-        loss = F.cross_entropy(model(x), y, ignore_index=VOID)
+        loss = F.cross_entropy(model(x), y, weight=weight, ignore_index=VOID)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -81,9 +83,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--class-weights", default="1,1.5,1.5,2.5",
+                        help="cross-entropy weight per class (the thin triangles are the hardest)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = train(args.steps, args.batch_size, args.crop)
+    weights = tuple(float(w) for w in args.class_weights.split(",")) if args.class_weights else None
+    model = train(args.steps, args.batch_size, args.crop, class_weights=weights)
     torch.save(model.state_dict(), args.out)
     print(f"wrote {args.out}; eval mIoU {evaluate(model):.4f}")
 

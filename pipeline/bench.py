@@ -1,0 +1,299 @@
+"""`unet-pipeline bench`: the pipeline against a bare in-process loop, and its memory at 1x and 4x the images.
+
+Three measurements, all in one process run so their ratios compare like with like:
+
+1. Bare loop: decode, preprocess, forward, post-process (arg-max) one batch at a time in this process, with the
+   same backend, batch size and total threads as the pipeline - the way the upstream eval scripts work.
+2. Pipeline: the same images through `pipeline.run.run` (read, preprocess tasks, actor pool, score, write Parquet).
+   Its images/s counts the whole Ray Data pass (actor start-up and writing included); Ray's own start-up is not
+   counted, nor is a first small warm-up pass that starts the worker processes (both are reported separately).
+3. Memory: the pipeline's peak memory (proportional set size summed over this process and every process it
+   started - Ray's raylet, object store and workers) at N and at 4N images. A streaming pass holds a bounded
+   window of blocks, so the two peaks should be close.
+
+`--compare torch:fp32,onnx:int8` adds bare-loop rows for other backends/precisions with their mIoU and speed
+relative to the first.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.backends import BackendSpec, PrepareContext, create_backend, prepare_backend
+from pipeline.config import RunConfig
+from pipeline.datasets import LAYOUTS
+from pipeline.errors import ConfigError
+from pipeline.io.images import open_image
+from pipeline.io.manifest import plan_shards
+from pipeline.io.source import read_shard
+from pipeline.metrics import confusion_matrix, scores_from_confusion
+from pipeline.models import load_model
+from pipeline.processing import create_processing
+from pipeline.stages import failed
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One backend configuration: `backend:precision[:key=value...]`, e.g. `torch:fp32:channels_last=0`."""
+
+    backend: str
+    precision: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        parts = [p.strip() for p in text.split(":") if p.strip()]
+        if not parts:
+            raise ConfigError(f"Expected a variant like torch:fp32 or onnx:int8, got {text!r}.")
+        options: dict[str, Any] = {}
+        for part in parts[2:]:
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ConfigError(f"Variant option {part!r} in {text!r} must be key=value (e.g. channels_last=0).")
+            options[key] = int(value) if value.lstrip("-").isdigit() else value
+        return cls(parts[0], parts[1] if len(parts) > 1 else "fp32", options)
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f":{k}={v}" for k, v in self.options.items())
+        return f"{self.backend}:{self.precision}{extra}"
+
+
+class MemorySampler:
+    """Peak proportional set size (PSS, Linux) of this process and all its descendants, sampled in a thread.
+
+    PSS shares each shared page (Ray's object store) among the processes that map it, so the sum is the real
+    footprint; where PSS is unavailable, RSS is used (which over-counts shared pages).
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def current_bytes() -> int:
+        import psutil
+
+        root = psutil.Process()
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                info = process.memory_full_info()
+                total += getattr(info, "pss", info.rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self.current_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    variant: str
+    images: int
+    seconds: float
+    miou: float | None
+    masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def _threads(config: RunConfig) -> int:
+    from pipeline.ray_env import cluster_cpus
+
+    return max(1, int(cluster_cpus()))
+
+
+def bare_loop(config: RunConfig, variant: Variant, threads: int, warmup: int = 2) -> LoopResult:
+    """Decode, preprocess, forward and post-process every image of the run in this process; returns images/s."""
+    s3 = config.s3.resolved()
+    layout = LAYOUTS.get(config.layout)
+    loaded = load_model(config.model, config.checkpoint, s3=s3, **config.model_config)
+    processing = create_processing(
+        config.processing, family=loaded.family, num_classes=loaded.module.num_classes,
+        in_channels=loaded.module.in_channels, scale=config.scale, input_size=config.input_size,
+        threshold=config.threshold)
+    from pipeline.run import _layout_options, sample_images_from
+    from pipeline.defaults import cache_dir
+
+    options = _layout_options(config, loaded)
+    scoring = config.command == "score"
+    label_rule = layout.label_rule(processing.num_classes_out, options) if scoring else None
+    with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
+        shards = plan_shards(layout, config.input, options, scratch, config.shard_size, s3, expect_labels=scoring,
+                             limit=config.limit)
+        spec = BackendSpec(name=variant.backend, model=loaded.family.name, checkpoint=config.checkpoint,
+                           model_config=dict(loaded.config), device=config.device, precision=variant.precision,
+                           threads=threads, batch_size=config.batch_size, options=dict(variant.options))
+        spec = prepare_backend(spec, PrepareContext(
+            to_network_input=processing.to_network_input,
+            sample_images=sample_images_from(shards, layout, options, processing, s3, config.max_pixels),
+            cache_dir=str(cache_dir() / "backends"), s3=s3, calibration=config.calibration,
+            calibration_images=config.calibration_images, vacc_model=config.vacc_model))
+        backend = create_backend(spec, processing.to_network_input, s3)
+        rows = [row for ref in shards
+                for table in read_shard(ref, layout, options, scoring, s3, frozenset(), config.shard_size)
+                for row in table.to_pylist() if not failed(row["error"])]
+    num_classes = processing.num_classes_out
+    total = np.zeros((num_classes, num_classes), np.int64)
+    masks: dict[str, np.ndarray] = {}
+
+    def run_batch(batch: list[tuple[dict, Any]], keep: bool) -> None:
+        nonlocal total
+        outputs = backend.run(np.stack([prepared.image for _, prepared in batch]))
+        for (row, prepared), output in zip(batch, outputs):
+            mask = processing.finish(output, prepared.meta)
+            if not keep:
+                continue
+            masks[row["id"]] = mask
+            if label_rule is not None:
+                label = label_rule(open_image(row["label"], max_pixels=config.max_pixels))
+                total += confusion_matrix(processing.prepare_label(label, prepared.meta), mask, num_classes)
+
+    def prepare(row: dict) -> tuple[dict, Any]:
+        return row, processing.prepare(open_image(row["image"], max_pixels=config.max_pixels))
+
+    try:
+        for row in rows[:warmup]:
+            run_batch([prepare(row)], keep=False)
+        started = time.perf_counter()
+        batch: list[tuple[dict, Any]] = []
+        for row in rows:
+            # consecutive images of one network shape share a forward call, as in the inference actor
+            item = prepare(row)
+            if batch and (item[1].image.shape != batch[0][1].image.shape or len(batch) >= config.batch_size):
+                run_batch(batch, keep=True)
+                batch = []
+            batch.append(item)
+        if batch:
+            run_batch(batch, keep=True)
+        seconds = time.perf_counter() - started
+    finally:
+        backend.close()
+    miou = scores_from_confusion(total).miou if label_rule is not None else None
+    return LoopResult(variant.label, len(masks), seconds, miou, masks)
+
+
+def pipeline_pass(config: RunConfig, output: str) -> tuple[dict[str, Any], int]:
+    """One pipeline run; returns (its metrics, peak memory in bytes)."""
+    from pipeline.run import run
+
+    with MemorySampler() as sampler:
+        result = run(config.replace(output=output, resume=False, report=False))
+    return result.metrics, sampler.peak_bytes
+
+
+def bench(config: RunConfig, *, images: int, compare: list[Variant], memory_check: bool = True) -> dict[str, Any]:
+    """Run the three measurements and return a JSON-ready report."""
+    from pipeline.ray_env import ensure_ray
+
+    started = time.perf_counter()
+    ensure_ray(config.ray_address, progress=False)
+    ray_seconds = time.perf_counter() - started
+    threads = _threads(config)
+    first = config.replace(limit=images)
+    main_variant = Variant(config.backend, config.precision, dict(config.backend_options))
+    loop = bare_loop(first, main_variant, threads)
+
+    with tempfile.TemporaryDirectory(prefix="unet-bench-out-") as scratch:
+        # The first pass of a process starts Ray's worker processes and imports torch in them; measured apart,
+        # as the bare loop's warm-up images are.
+        warm_started = time.perf_counter()
+        pipeline_pass(config.replace(limit=min(images, 16)), f"{scratch}/warmup")
+        cold_start_seconds = time.perf_counter() - warm_started
+        metrics, peak_1x = pipeline_pass(first, f"{scratch}/1x")
+        report: dict[str, Any] = {
+            "model": metrics["model"]["name"], "checkpoint": config.checkpoint, "dataset": config.input,
+            "backend": main_variant.label, "batch_size": config.batch_size, "threads_total": threads,
+            "pipeline_actors": metrics["backend"]["actors"],
+            "pipeline_threads_per_actor": metrics["backend"]["threads_per_actor"],
+            "ray_start_seconds": round(ray_seconds, 2),
+            "pipeline_warmup_seconds": round(cold_start_seconds, 2),
+            "images": loop.images,
+            "bare_loop_images_per_second": round(loop.images_per_second, 3),
+            "pipeline_images_per_second": metrics["timings"]["images_per_second"],
+            "pipeline_seconds": metrics["timings"]["pipeline_seconds"],
+            "bare_loop_seconds": round(loop.seconds, 3),
+        }
+        report["ratio_pipeline_to_bare_loop"] = round(
+            report["pipeline_images_per_second"] / report["bare_loop_images_per_second"], 3)
+        report["miou_bare_loop"] = loop.miou
+        report["miou_pipeline"] = metrics.get("miou")
+        report["peak_memory_mb_1x"] = round(peak_1x / 2**20, 1)
+        if memory_check:
+            metrics_4x, peak_4x = pipeline_pass(config.replace(limit=4 * images), f"{scratch}/4x")
+            report["images_4x"] = metrics_4x["num_images"]
+            report["peak_memory_mb_4x"] = round(peak_4x / 2**20, 1)
+            report["memory_ratio_4x_to_1x"] = round(peak_4x / peak_1x, 3)
+            report["pipeline_images_per_second_4x"] = metrics_4x["timings"]["images_per_second"]
+
+    if compare:
+        rows = []
+        reference: LoopResult | None = None
+        for variant in compare:
+            result = bare_loop(first, variant, threads)
+            reference = reference or result
+            differing = sum(int((result.masks[k] != reference.masks[k]).sum()) for k in reference.masks)
+            pixels = sum(m.size for m in reference.masks.values())
+            rows.append({
+                "variant": variant.label, "images_per_second": round(result.images_per_second, 3),
+                "speedup_vs_first": round(result.images_per_second / reference.images_per_second, 3),
+                "miou": result.miou,
+                "miou_change_vs_first": None if result.miou is None or reference.miou is None
+                else round(result.miou - reference.miou, 5),
+                "pixels_differing_from_first": differing, "pixels_total": pixels,
+            })
+        report["compare"] = rows
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as the lines `bench` prints."""
+    lines = [
+        f"model {report['model']} ({report['checkpoint']}), backend {report['backend']}, batch "
+        f"{report['batch_size']}, {report['threads_total']} threads in all "
+        f"(pipeline: {report['pipeline_actors']} actor(s) x {report['pipeline_threads_per_actor']} thread(s))",
+        f"{'':28}{'images':>8}{'images/s':>11}{'mIoU':>9}",
+        f"{'bare in-process loop':28}{report['images']:>8}{report['bare_loop_images_per_second']:>11.2f}"
+        f"{_fmt(report['miou_bare_loop']):>9}",
+        f"{'pipeline (Ray Data)':28}{report['images']:>8}{report['pipeline_images_per_second']:>11.2f}"
+        f"{_fmt(report['miou_pipeline']):>9}",
+        f"ratio pipeline / bare loop: {report['ratio_pipeline_to_bare_loop']:.3f}",
+        f"peak memory at {report['images']} images: {report['peak_memory_mb_1x']:.0f} MB",
+    ]
+    if "peak_memory_mb_4x" in report:
+        lines.append(f"peak memory at {report['images_4x']} images: {report['peak_memory_mb_4x']:.0f} MB "
+                     f"(ratio 4x/1x {report['memory_ratio_4x_to_1x']:.3f})")
+    if report.get("compare"):
+        lines.append(f"{'variant (bare loop)':32}{'images/s':>10}{'speed-up':>10}{'mIoU':>9}{'ΔmIoU':>9}"
+                     f"{'px differing':>14}")
+        for row in report["compare"]:
+            lines.append(f"{row['variant']:32}{row['images_per_second']:>10.2f}{row['speedup_vs_first']:>10.2f}"
+                         f"{_fmt(row['miou']):>9}{_fmt(row['miou_change_vs_first']):>9}"
+                         f"{row['pixels_differing_from_first']:>14}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

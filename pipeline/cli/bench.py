@@ -1,0 +1,52 @@
+"""`unet-pipeline bench`: pipeline vs bare loop images/s, and peak memory at 1x and 4x the images."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from pipeline.cli.options import (
+    build_config, data_options, execution_options, explicit_params, model_options, processing_options,
+)
+
+
+@click.command()
+@model_options
+@data_options
+@processing_options
+@execution_options
+@click.option("--images", type=int, default=200, show_default=True,
+              help="Images per measurement (the memory check also runs 4x as many).")
+@click.option("--compare", help="Extra bare-loop rows, comma separated: backend:precision[:key=value], "
+                                "e.g. torch:fp32:channels_last=0,torch:fp32,onnx:fp32,onnx:int8.")
+@click.option("--memory-check/--no-memory-check", default=True, show_default=True,
+              help="Also run 4x the images and compare peak memory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bool, as_json: bool,
+          **params: Any) -> None:
+    """Measure the pipeline against a bare in-process loop (decode, preprocess, forward, arg-max).
+
+    With no --input: the built-in synthetic dataset (4x --images are generated once and cached) and checkpoint.
+
+    \b
+    Examples:
+      unet-pipeline bench
+      unet-pipeline bench --images 200 --compare torch:fp32:channels_last=0,torch:fp32,onnx:fp32,onnx:int8
+      unet-pipeline bench -m milesial -c unet_carvana_scale0.5_epoch2.pth -i carvana/ -l carvana --scale 0.5
+    """
+    from pipeline.bench import Variant, bench as run_bench, format_report
+    from pipeline.defaults import DEFAULT_RUN, default_checkpoint, default_dataset
+
+    explicit = explicit_params(ctx)
+    defaults: dict[str, Any] = {}
+    if not params.get("input_uri"):
+        defaults = {**DEFAULT_RUN, "input": default_dataset(4 * images if memory_check else images),
+                    "checkpoint": params.get("checkpoint") or default_checkpoint()}
+    defaults["output"] = "unused-by-bench"  # each pass writes into its own temporary folder
+    config = build_config("score" if params.get("layout") != "folder" else "predict", params, explicit, defaults)
+    variants = [Variant.parse(text) for text in compare.split(",")] if compare else []
+    report = run_bench(config, images=images, compare=variants, memory_check=memory_check)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
