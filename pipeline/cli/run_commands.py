@@ -42,6 +42,8 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
     click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, {timings['wall_seconds']:.1f} s "
                f"({timings['images_per_second']} images/s in the pipeline)")
     click.echo(f"outputs: {output}")
+    if metrics["command"] == "score" and metrics.get("config", {}).get("report", True):
+        click.echo(f"report: {output.rstrip('/')}/report.html")
 
 
 def _execute(config: RunConfig, as_json: bool) -> None:

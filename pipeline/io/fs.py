@@ -36,6 +36,15 @@ class S3Options:
         return S3Options(endpoint or None, region or None, self.anonymous, self.max_attempts)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
 
@@ -86,6 +95,7 @@ class LocalStorage:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -105,7 +115,7 @@ class LocalStorage:
         if os.path.exists(path):
             os.unlink(path)
 
-    def open(self, path: str) -> BinaryIO:
+    def open(self, path: str, random_access: bool = False) -> BinaryIO:
         return open(path, "rb")
 
     def delete_tree(self, path: str) -> None:
@@ -175,8 +185,14 @@ class S3Storage:
         if self._fs.exists(key):
             self._fs.rm(key, recursive=True)
 
-    def open(self, path: str) -> BinaryIO:
-        """A seekable reader that fetches 8 MiB ranges on demand (Parquet footers, tar streams)."""
+    def open(self, path: str, random_access: bool = False) -> BinaryIO:
+        """A seekable reader that fetches 8 MiB ranges on demand (Parquet footers, tar streams).
+
+        `random_access`: each read is one exact ranged GET and nothing more, for reading a few columns of a
+        Parquet file (read-ahead would fetch the columns in between, often the whole object).
+        """
+        if random_access:
+            return self._fs.open(self._key(path), "rb", cache_type="none")
         return self._fs.open(self._key(path), "rb", block_size=8 * 2**20)
 
     def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
