@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.demo.synthetic import CLASS_NAMES, write_dataset
 
-DATASET_VERSION = "v1"
+DATASET_VERSION = "v3"
 DEFAULT_COUNT = 48
 DEFAULT_FIRST_INDEX = 100_000  # the evaluation indices of pipeline.demo.train, disjoint from its training data
 DEFAULT_OUTPUT = "runs/default"

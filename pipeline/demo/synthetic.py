@@ -24,7 +24,7 @@ _HUES = {1: (200, 60, 50), 2: (50, 170, 70), 3: (60, 90, 210)}
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.zeros((height, width, 3), np.float32)
-    base = rng.uniform(60, 190, 3)
+    base = rng.uniform(70, 180) + rng.uniform(-20, 20, 3)  # a grey with a mild tint: shapes carry the colour
     for c in range(3):
         gx, gy = rng.uniform(-40, 40, 2)
         image[..., c] = base[c] + gx * xx / width + gy * yy / height
@@ -46,7 +46,7 @@ def make_sample(index: int, size: tuple[int, int] | None = None) -> tuple[Image.
     draw_image, draw_label = ImageDraw.Draw(image), ImageDraw.Draw(label)
     for _ in range(int(rng.integers(2, 7))):
         cls = int(rng.integers(1, 4))
-        r = float(rng.uniform(9, min(width, height) / 4))
+        r = float(rng.uniform(14, min(width, height) / 4))
         cx, cy = float(rng.uniform(r, width - r)), float(rng.uniform(r, height - r))
         if cls == 1:
             box = [cx - r, cy - r, cx + r, cy + r]
@@ -59,7 +59,7 @@ def make_sample(index: int, size: tuple[int, int] | None = None) -> tuple[Image.
             points = [(cx + r * np.cos(turn + k * 2 * np.pi / 3), cy + r * np.sin(turn + k * 2 * np.pi / 3))
                       for k in range(3)]
             shape = ("polygon", points)
-        colour = tuple(int(np.clip(v + rng.normal(0, 35), 0, 255)) for v in _HUES[cls])
+        colour = tuple(int(np.clip(v + rng.normal(0, 22), 0, 255)) for v in _HUES[cls])
         kind, geometry = shape
         getattr(draw_label, kind)(geometry, fill=cls)
         getattr(draw_image, kind)(geometry, fill=colour)

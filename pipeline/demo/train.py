@@ -2,8 +2,10 @@
 
     python -m pipeline.demo.train --out pipeline/assets/default_milesial.pth
 
-Deterministic on a given torch build and thread count (seeded data, seeded init, fixed steps). The committed
-checkpoint was made with the command above on 2 CPU cores with torch 2.13.0 (about 15 minutes).
+Deterministic on a given torch build and thread count (seeded data, seeded init, fixed steps: 1200 steps of 8 random
+96x96 crops, AdamW with a one-cycle schedule peaking at 3e-3, one intra-op thread). The committed checkpoint was made
+with the command above with torch 2.13.0 (about 4 minutes on an idle core; longer on a busy machine). It evaluates
+on the built-in dataset's 48 images (indices 100000+, never seen in training) as the default `score` reports.
 """
 
 from __future__ import annotations
@@ -53,17 +55,20 @@ def evaluate(model: torch.nn.Module, count: int = 48) -> float:
 
 
 def train(steps: int, batch_size: int, crop: int, seed: int = 0,
-          class_weights: tuple[float, ...] | None = None) -> torch.nn.Module:
+          class_weights: tuple[float, ...] | None = None, init: str | None = None, lr: float = 3e-3,
+          first_sample: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = create_model("milesial", **MODEL_CONFIG)
+    if init:
+        model.load_state_dict(torch.load(init, weights_only=True))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     started = time.time()
     for step in range(steps):
-        x, y = _batch(rng, step * batch_size, batch_size, crop)
+        x, y = _batch(rng, first_sample + step * batch_size, batch_size, crop)
         loss = F.cross_entropy(model(x), y, weight=weight, ignore_index=VOID)
         optimizer.zero_grad()
         loss.backward()
@@ -79,16 +84,20 @@ def train(steps: int, batch_size: int, crop: int, seed: int = 0,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to write the state_dict (.pth)")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=96)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--class-weights", default="1,1.5,1.5,2.5",
-                        help="cross-entropy weight per class (the thin triangles are the hardest)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", help="start from this state_dict (a second stage of training)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--first-sample", type=int, default=0,
+                        help="index of the first training sample (a second stage continues where the first ended)")
+    parser.add_argument("--class-weights", default="", help="cross-entropy weight per class, comma separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = tuple(float(w) for w in args.class_weights.split(",")) if args.class_weights else None
-    model = train(args.steps, args.batch_size, args.crop, class_weights=weights)
+    model = train(args.steps, args.batch_size, args.crop, class_weights=weights, init=args.init, lr=args.lr,
+                  first_sample=args.first_sample)
     torch.save(model.state_dict(), args.out)
     print(f"wrote {args.out}; eval mIoU {evaluate(model):.4f}")
 
