@@ -80,6 +80,7 @@ class RunConfig:
     mask_column: str | None = None
     id_column: str | None = None
     label_values: tuple[int, ...] | None = None
+    limit: int | None = None
     class_names: tuple[str, ...] | None = None
     # outputs
     format: str = "parquet"
@@ -103,6 +104,11 @@ class RunConfig:
     max_errors: float | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
+    # scheduled runs (pipeline.history): run-id output prefix, history file, regression gate
+    run_id: str | None = None
+    history: str | None = None
+    baseline: str | None = None  # a run id in `history`, or "last-good"
+    max_drop: float = 0.01  # the gate fails when mIoU falls more than this (absolute) below the baseline
     # environment
     s3: S3Options = field(default_factory=S3Options)
     ray_address: str | None = None
@@ -122,6 +128,12 @@ class RunConfig:
             raise ConfigError("--output is required: a local folder or s3://bucket/prefix.")
         if not self.checkpoint:
             raise ConfigError("--checkpoint is required: a local path or s3:// URI of the model weights.")
+        if self.baseline and not self.history:
+            raise ConfigError("--baseline needs --history FILE: the baseline run is looked up in that history.")
+        if self.baseline and self.command != "score":
+            raise ConfigError("--baseline gates on mIoU, which only `score` measures: drop it for `predict`.")
+        if not 0 <= self.max_drop <= 1:
+            raise ConfigError(f"--max-drop is an absolute mIoU drop between 0 and 1 (e.g. 0.02), got {self.max_drop}.")
 
     @property
     def formats(self) -> tuple[str, ...]:

@@ -10,6 +10,13 @@ _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
 }
+# When a node is lost, calls to the inference actor it held fail at once until Ray notices (health checks, up to
+# ~15 s) and restarts the actor elsewhere. Spacing those retries out (5, 10, 20 s) keeps the few the run allows
+# (run.INFERENCE_TASK_RETRIES) from being spent before then. Read by the driver, which submits the actor tasks.
+NODE_LOSS_RETRY_ENV = {
+    "RAY_task_actor_unavailable_retry_delay_base_ms": "5000",
+    "RAY_task_actor_unavailable_retry_max_delay_ms": "60000",
+}
 
 
 def progress_default() -> bool:
@@ -25,7 +32,7 @@ def ensure_ray(address: str | None = None, *, progress: bool | None = None) -> N
     """
     import ray
 
-    for key, value in _QUIET_ENV.items():
+    for key, value in {**_QUIET_ENV, **NODE_LOSS_RETRY_ENV}.items():
         os.environ.setdefault(key, value)
     show_progress = progress_default() if progress is None else progress
     if not show_progress:

@@ -9,10 +9,16 @@ confusion matrices the sink's parts return (never from re-reading or re-running 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
 import time
+import warnings
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -27,11 +33,24 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
 from pipeline.io.manifest import ShardRef, plan_shards
 from pipeline.io.sink import MaskSink, SinkSettings, parts_dir
+from pipeline.io.source import STORAGE_STAGE
 from pipeline.metrics import scores_from_confusion
 from pipeline.models import LoadedModel, load_model
 from pipeline.processing import create_processing
 
-OWN_OUTPUTS = ("_run", "masks", "png", "metrics.json", "summary.json", "errors.jsonl", "report.html", "report.md")
+# A batch whose actor dies (killed, out of memory, a crashing native library) is re-run on a restarted actor up to
+# this many times; Ray's default is forever, which would loop on an input that crashes the process every time.
+INFERENCE_TASK_RETRIES = 3
+RESULT_SETTINGS = (  # RunConfig fields that change masks or metrics: a resumed run must keep them
+    "command", "input", "layout", "model", "model_config", "processing", "scale", "input_size", "threshold", "split",
+    "image_dir", "mask_dir", "mask_suffix", "image_column", "mask_column", "id_column", "label_values", "limit",
+    "class_names", "format", "backend", "precision", "shard_size", "max_pixels",
+)
+OWN_OUTPUTS = ("_run", "masks", "png", "metrics.json", "summary.json", "errors.jsonl", "report.html", "report.md",
+               "report_files")
+
+
+logger = logging.getLogger(__name__)
 
 
 class RunFailed(PipelineError):
@@ -49,9 +68,17 @@ class RunResult:
         return self.metrics.get("miou")
 
 
+ProgressWatch = Callable[[str, list[ShardRef], fs.S3Options | None], contextlib.AbstractContextManager[Any]]
+"""`watch(output, shards, s3)`: a context manager held while the pipeline runs (the Ray jobs log progress with it)."""
+
+
 def check_no_overlap(input_uri: str, output_uri: str) -> None:
-    """Refuse an output prefix equal to, inside, or containing the input (a run would read its own outputs)."""
-    a, b = input_uri.rstrip("/") + "/", output_uri.rstrip("/") + "/"
+    """Refuse an output prefix equal to, inside, or containing the input (a run would read its own outputs).
+
+    Local paths are compared after resolving symbolic links, so a link cannot hide the overlap.
+    """
+    a, b = (uri if fs.is_s3(uri) else os.path.realpath(uri) for uri in (input_uri, output_uri))
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
     if a.startswith(b) or b.startswith(a):
         raise ConfigError(
             f"--output {output_uri} overlaps --input {input_uri}: a run must not write where it reads. "
@@ -77,26 +104,94 @@ def _clean_previous(output: str, s3: fs.S3Options | None) -> None:
 
 
 def _committed_parts(output: str, s3: fs.S3Options | None) -> list[dict]:
+    """The commit records of earlier attempts (one small file per part, read in parallel)."""
     storage = fs.storage_for(output, s3)
-    records = []
-    for page in storage.iter_files(parts_dir(output)):
+    uris = [uri for page in storage.iter_files(parts_dir(output)) for uri in page if uri.endswith(".json")]
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(lambda uri: json.loads(storage.read_bytes(uri)), uris))
+
+
+def _done_rows(previous: list[dict], output: str) -> dict[int, set[int]]:
+    """Shard -> rows already committed; a row committed twice would be counted twice, so it stops the run."""
+    done: dict[int, set[int]] = {}
+    for part in previous:
+        rows = done.setdefault(part["shard"], set())
+        if not rows.isdisjoint(part["rows"]):
+            raise PipelineError(
+                f"--resume: part {part['part']} commits rows of shard {part['shard']} that another part already "
+                f"holds, so the records in {parts_dir(output)} are inconsistent. Run again without --resume.")
+        rows.update(part["rows"])
+    return done
+
+
+def _check_resume_settings(config: RunConfig, loaded: LoadedModel, s3: fs.S3Options | None) -> None:
+    """Record what decides the results (`_run/settings.json`); --resume refuses to mix in different results."""
+    settings = {key: getattr(config, key) for key in RESULT_SETTINGS}
+    settings["checkpoint_sha256"] = loaded.checkpoint.sha256
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
+    uri = fs.join(config.output, "_run", "settings.json")
+    storage = fs.storage_for(uri, s3)
+    if config.resume and storage.exists(uri):
+        before = json.loads(storage.read_bytes(uri))
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            raise ConfigError(
+                f"--resume: the run in {config.output} was made with other settings ({detail}), and its committed "
+                "results would be mixed with new ones. Resume with the same settings, or drop --resume to start over.")
+        return
+    storage.write_bytes(uri, json.dumps(settings, indent=2).encode("utf-8"))
+
+
+def _check_every_input_accounted(shards: list[ShardRef], parts: list[dict]) -> None:
+    """processed + errored = inputs: every row of a listed shard must be in exactly one part.
+
+    Container shards (parquet, webdataset) are not counted before they are read, so only listed shards are checked.
+    """
+    seen: Counter[int] = Counter()
+    for part in parts:
+        seen[part["shard"]] += len(part["rows"])
+    missing = [(ref.index, ref.size - seen[ref.index]) for ref in shards
+               if ref.size is not None and seen[ref.index] != ref.size]
+    if missing:
+        listed = ", ".join(f"shard {i}: {n}" for i, n in missing[:10])
+        raise RunFailed(
+            f"{len(missing)} shard(s) have inputs with neither a result nor an error (missing rows {listed}): the "
+            "pipeline lost them. Run the same command with --resume to redo exactly those.")
+
+
+def _remove_orphan_parts(output: str, parts: list[dict], s3: fs.S3Options | None) -> None:
+    """Delete mask files no part names: left by an attempt killed between writing a part and committing it."""
+    storage = fs.storage_for(output, s3)
+    kept = {uri for part in parts for uri in part["files"]}
+    for page in storage.iter_files(fs.join(output, "masks")):
         for uri in page:
-            if uri.endswith(".json"):
-                records.append(json.loads(storage.read_bytes(uri)))
-    return records
+            if uri not in kept:
+                storage.delete(uri)
 
 
 def _actor_plan(config: RunConfig) -> tuple[int, int]:
-    """(number of inference actors, torch threads per actor)."""
+    """(number of inference actors, intra-op threads per actor).
+
+    By default the actors take every CPU but the preprocessing tasks' share, and the threads of all actors add up
+    to the cluster's CPUs (on 2 cores: one actor with 2 threads; preprocessing is light next to the forward pass).
+    """
     from pipeline.ray_env import cluster_cpus
 
-    threads = config.threads_per_actor or max(1, math.ceil(config.num_cpus_per_actor))
+    import ray
+
+    cpus = cluster_cpus()
+    by_cpus = max(1, int((cpus - config.num_cpus_per_task) // config.num_cpus_per_actor))  # room for the tasks
     if config.concurrency is not None:
-        return config.concurrency, threads
-    if config.backend == "vacc" or config.device.startswith("cuda"):
-        return 1, threads
-    spare = cluster_cpus() - config.num_cpus_per_task  # keep room for the read/preprocess/write tasks
-    return max(1, int(spare // config.num_cpus_per_actor)), threads
+        actors = config.concurrency
+    elif config.backend == "vacc":  # one actor per die share the cluster offers, as far as the CPUs allow
+        actors = min(by_cpus, max(1, int(ray.cluster_resources().get("VACC", 0) * config.actors_per_die)))
+    elif config.device.startswith("cuda"):
+        actors = min(by_cpus, max(1, int(ray.cluster_resources().get("GPU", 0))))
+    else:
+        actors = by_cpus
+    threads = config.threads_per_actor or max(1, int(cpus // actors), math.ceil(config.num_cpus_per_actor))
+    return actors, threads
 
 
 def sample_images_from(shards: list[ShardRef], layout: Layout, options: LayoutOptions, processing,
@@ -177,8 +272,21 @@ def _check_error_limit(config: RunConfig, num_inputs: int, num_errors: int, by_s
         )
 
 
-def run(config: RunConfig) -> RunResult:
-    """Run one job (score or predict) and return its metrics; raise RunFailed if it broke --max-errors."""
+def run(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
+    """Run one job (score or predict) and return its metrics; raise RunFailed if it broke --max-errors.
+
+    With --run-id or --history the run is tracked (`pipeline.history`): it writes under `<output>/<run id>/`, is
+    recorded in the history, and --baseline may fail it.
+    """
+    if config.run_id or config.history:
+        from pipeline.history import run_tracked
+
+        return run_tracked(config, watch)
+    return run_pipeline(config, watch)
+
+
+def run_pipeline(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
+    """The pipeline itself, writing into --output as given."""
     import ray
 
     from pipeline.ray_env import ensure_ray
@@ -210,13 +318,16 @@ def run(config: RunConfig) -> RunResult:
         _clean_previous(config.output, s3)
     listing_started = time.perf_counter()
     shards = plan_shards(layout, config.input, options, config.output, config.shard_size, s3,
-                         reuse=config.resume, expect_labels=scoring)
+                         reuse=config.resume, expect_labels=scoring, limit=config.limit)
     listing_seconds = time.perf_counter() - listing_started
+    _check_resume_settings(config, loaded, s3)
     previous = _committed_parts(config.output, s3) if config.resume else []
-    done: dict[int, set[int]] = {}
-    for part in previous:
-        done.setdefault(part["shard"], set()).update(part["rows"])
+    done = _done_rows(previous, config.output)
 
+    if config.backend == "vacc":  # fail at once, before a Ray starts, when the vendor SDK is missing
+        from pipeline.backends.vacc import require_sdk_installed
+
+        require_sdk_installed()
     ensure_ray(config.ray_address, progress=config.progress)
     actors, threads = _actor_plan(config)
     spec = BackendSpec(name=config.backend, model=loaded.family.name, checkpoint=config.checkpoint,
@@ -242,20 +353,43 @@ def run(config: RunConfig) -> RunResult:
         if config.device.startswith("cuda"):
             resources["num_gpus"] = 1
         if config.backend == "vacc":
-            resources["resources"] = {"VACC": 1}
+            from pipeline.backends.vacc_dies import check_cluster_offers_dies, resource_share
+
+            check_cluster_offers_dies(config.actors_per_die)
+            resources["resources"] = {"VACC": resource_share(config.actors_per_die)}  # K actors share a die
         dataset = (
             ray.data.read_datasource(source, override_num_blocks=pending, num_cpus=config.num_cpus_per_task)
             .map_batches(preprocess_batch, batch_size=None, batch_format="numpy", num_cpus=config.num_cpus_per_task,
                          fn_kwargs={"processing": processing, "label_rule": label_rule,
                                     "max_pixels": config.max_pixels})
-            .map_batches(Predictor, batch_size=None, batch_format="numpy",
-                         fn_constructor_kwargs={"spec": spec, "processing": processing, "s3": s3},
-                         compute=ray.data.ActorPoolStrategy(size=actors), **resources)
         )
-        dataset.write_datasink(sink)
+        with warnings.catch_warnings():  # Ray 2.60 takes actor retry settings only through **ray_remote_args
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            dataset = dataset.map_batches(
+                Predictor, batch_size=None, batch_format="numpy",
+                fn_constructor_kwargs={"spec": spec, "processing": processing, "s3": s3},
+                compute=ray.data.ActorPoolStrategy(size=actors), **resources,
+                max_restarts=-1, max_task_retries=INFERENCE_TASK_RETRIES)
+        try:
+            with watch(config.output, shards, s3) if watch else contextlib.nullcontext():
+                dataset.write_datasink(sink, ray_remote_args={"num_cpus": config.num_cpus_per_task})
+        except PipelineError:  # raised on purpose in a task (Ray's error subclasses it): its message says what to do
+            raise
+        except Exception as err:
+            raise RunFailed(
+                f"The pipeline stopped before it finished ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:500]}). "
+                f"Every part committed so far is kept in {config.output}: fix the cause, then run the same command "
+                "with --resume to do only the rest.") from err
     pipeline_seconds = time.perf_counter() - pipeline_started
 
     parts = previous + sink.parts
+    _check_every_input_accounted(shards, parts)
+    if config.resume:
+        _remove_orphan_parts(config.output, parts, s3)
+    retry_later = sum(e["error_stage"] == STORAGE_STAGE for part in sink.parts for e in part["errors"])
+    if retry_later:
+        logger.warning("%d inputs failed because the storage failed after its retries (stage 'storage' in "
+                       "errors.jsonl): run the same command with --resume to try them again.", retry_later)
     timings = {"listing_seconds": listing_seconds, "pipeline_seconds": pipeline_seconds,
                "wall_seconds": time.perf_counter() - started}
     metrics = _metrics(config, loaded, layout, class_names, parts, timings, num_classes)
@@ -270,5 +404,9 @@ def run(config: RunConfig) -> RunResult:
     name = "metrics.json" if scoring else "summary.json"
     metrics_uri = fs.join(config.output, name)
     fs.write_bytes(metrics_uri, json.dumps(metrics, indent=2).encode("utf-8"), s3)
+    if scoring and config.report:  # before the error limit: a run that failed on errors needs its report most
+        from pipeline.report.run_report import report_after_run
+
+        report_after_run(config.output, metrics, s3)
     _check_error_limit(config, metrics["num_inputs"], metrics["num_errors"], metrics["errors_by_stage"])
     return RunResult(metrics, config.output, metrics_uri)

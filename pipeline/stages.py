@@ -15,11 +15,11 @@ import numpy as np
 
 from pipeline.backends import BackendSpec, create_backend
 from pipeline.datasets import LabelRule
-from pipeline.errors import InputError
 from pipeline.io.fs import S3Options
 from pipeline.io.images import DEFAULT_MAX_PIXELS, check_same_size, open_image
 
-PASSTHROUGH = ("shard", "row", "id", "source", "error_stage", "error_class", "error")
+PASSTHROUGH = ("shard", "row", "id", "source", "label_source", "error_stage", "error_class", "error")
+MAX_MESSAGE_CHARS = 2000  # an exception with a huge text must not bloat errors.jsonl
 
 
 def pack(array: np.ndarray) -> tuple[bytes, str]:
@@ -42,10 +42,22 @@ def _object_column(values: list[Any]) -> np.ndarray:
     return column
 
 
+def failure_message(path: str, err: BaseException | str) -> str:
+    """The error text recorded for one input: names the file (unless the message does already), capped in size."""
+    message = str(err) or type(err).__name__
+    if path and path not in message:
+        message = f"{path}: {message}"
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 15] + " ...(truncated)"
+    return message
+
+
 def _fail(out: dict[str, list], i: int, stage: str, err: BaseException) -> None:
+    """Record a failure on row i; a label's failure names the label file, any other the image."""
+    path = out["label_source"][i] if stage == "label" and out["label_source"][i] else out["source"][i]
     out["error_stage"][i] = stage
     out["error_class"][i] = type(err).__name__
-    out["error"][i] = str(err)
+    out["error"][i] = failure_message(path, err)
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], *, processing: Any, label_rule: LabelRule | None,
@@ -75,9 +87,7 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, processing: Any, label_rul
             out["meta"][i] = json.dumps(prepared.meta)
             if label_rule is not None:
                 out["label"][i], out["label_shape"][i] = pack(processing.prepare_label(label, prepared.meta))
-        except InputError as err:
-            _fail(out, i, stage, err)
-        except Exception as err:  # a decoder bug or an exotic file: recorded, never fatal for the run
+        except Exception as err:  # InputError, or a decoder bug on an exotic file: recorded, never fatal
             _fail(out, i, stage, err)
     return {key: _object_column(values) for key, values in out.items()}
 

@@ -17,6 +17,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_custom_unit_instance_resources", "neuron_cores,TPU,NPU,HPU,RBLN,FURIOSA,TTNPU,MBLT,VACC")
+# Fake credentials for the moto server, set before Ray starts: Ray workers keep the environment they were started
+# with, so values set later (by the s3_server fixture) never reach them; the endpoint travels in S3Options. The
+# secret and the token are canaries: tests/faults/test_safety.py checks that no output or log ever holds them.
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "canary-secret-5e1f0b27",
+                    "AWS_SESSION_TOKEN": "canary-token-9c4d2a61"}
+for _key, _value in FAKE_CREDENTIALS.items():
+    os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,8 +40,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        # tests/fakes on the workers' path: the fake `vaststreamx` for VACC actors (tests/backends/test_vacc_ray.py).
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False,
-                 resources={"VACC": 2})
+                 resources={"VACC": 2}, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT / "tests" / "fakes")}})
     from pipeline.ray_env import ensure_ray
 
     ensure_ray(progress=False)

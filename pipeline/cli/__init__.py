@@ -7,8 +7,12 @@ import sys
 import click
 
 from pipeline import __version__
+from pipeline.cli.bench import bench
+from pipeline.cli.export import export
 from pipeline.cli.info import layouts, models, processings
+from pipeline.cli.report import report
 from pipeline.cli.run_commands import predict, score
+from pipeline.cli.table import table
 from pipeline.errors import PipelineError
 
 
@@ -21,14 +25,17 @@ def cli() -> None:
     """
 
 
-for _command in (score, predict, models, layouts, processings):
+for _command in (score, predict, report, bench, table, export, models, layouts, processings):
     cli.add_command(_command)
 
 
-def main() -> None:
-    """Console entry point: pipeline errors become a one-line message and a non-zero exit status."""
+def main(args: list[str] | None = None, obj: object = None) -> None:
+    """Console entry point: pipeline errors become a one-line message and a non-zero exit status.
+
+    `args` default to the command line; `obj` reaches the commands as click's context object (see RunHooks).
+    """
     try:
-        cli(standalone_mode=False)
+        cli(args=args, obj=obj, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

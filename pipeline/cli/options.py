@@ -60,6 +60,7 @@ data_options = _compose(
     click.option("--id-column", help="parquet: column of ids."),
     click.option("--label-values", help="Raw label value of each class, comma separated (e.g. 0,255)."),
     click.option("--class-names", help="Class names, comma separated, in class-index order."),
+    click.option("--limit", type=int, help="Only the first N inputs (file layouts), e.g. for a smoke run."),
     click.option("--max-pixels", type=int, default=100_000_000, show_default=True,
                  help="Larger images are refused as decompression bombs."),
 )
@@ -94,8 +95,24 @@ execution_options = _compose(
     click.option("--s3-region", help="S3 region (default: AWS_REGION)."),
     click.option("--s3-anonymous", is_flag=True, help="Read public buckets without credentials."),
     click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal only)."),
+    click.option("--report/--no-report", default=True, show_default=True,
+                 help="score: write report.html/report.md (plots, worst images, errors) next to metrics.json."),
     click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                  help="JSON or YAML file of run settings; command-line options override it."),
+)
+
+history_options = _compose(
+    click.option("--run-id", help="Write under <output>/<run id>/ (default with --history: UTC time + config hash). "
+                                  "Re-running an id replaces that run's outputs and history line."),
+    click.option("--history", "history_uri",
+                 help="Run history, local or s3:// JSON Lines: one line per run (mIoU, per-class IoU, throughput)."),
+)
+
+gate_options = _compose(
+    click.option("--baseline", help="Regression gate: a run id in --history, or last-good (latest passed run on the "
+                                    "same dataset). The run fails if its mIoU falls more than --max-drop below it."),
+    click.option("--max-drop", type=float, default=0.01, show_default=True,
+                 help="Largest allowed mIoU drop below --baseline (absolute, e.g. 0.02 = two IoU points)."),
 )
 
 
@@ -125,13 +142,14 @@ _FIELDS = {  # RunConfig field -> click parameter name
     "processing": "processing", "scale": "scale", "input_size": "input_size", "threshold": "threshold",
     "split": "split", "image_dir": "image_dir", "mask_dir": "mask_dir", "mask_suffix": "mask_suffix",
     "image_column": "image_column", "mask_column": "mask_column", "id_column": "id_column",
-    "label_values": "label_values", "class_names": "class_names", "max_pixels": "max_pixels",
+    "label_values": "label_values", "class_names": "class_names", "limit": "limit", "max_pixels": "max_pixels",
     "format": "output_format", "backend": "backend", "device": "device", "precision": "precision",
     "batch_size": "batch_size", "shard_size": "shard_size", "concurrency": "concurrency",
     "num_cpus_per_actor": "num_cpus_per_actor", "threads_per_actor": "threads_per_actor",
     "calibration": "calibration", "calibration_images": "calibration_images", "vacc_model": "vacc_model",
     "actors_per_die": "actors_per_die",
     "max_errors": "max_errors", "resume": "resume", "ray_address": "address", "progress": "progress",
+    "report": "report", "run_id": "run_id", "history": "history_uri", "baseline": "baseline", "max_drop": "max_drop",
 }
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "input_size": parse_size,

@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pipeline.cli.options import (
-    build_config, data_options, execution_options, explicit_params, model_options, output_options,
-    processing_options,
+    build_config, data_options, execution_options, explicit_params, gate_options, history_options, model_options,
+    output_options, processing_options,
 )
 from pipeline.config import RunConfig
+
+if TYPE_CHECKING:
+    from pipeline.run import ProgressWatch  # importing pipeline.run loads Ray Data: only when a run starts
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a program embedding the CLI (the Ray job entry points) passes as click's `obj`."""
+
+    watch: ProgressWatch | None = None  # held while the pipeline runs, e.g. to log progress lines
 
 
 def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """With no --input, the built-in default (synthetic shapes + the packaged checkpoint)."""
+    from pipeline.cli.options import load_config_file
     from pipeline.defaults import DEFAULT_OUTPUT, DEFAULT_RUN, default_checkpoint, default_dataset
 
-    if params.get("input_uri"):
+    if params.get("input_uri") or load_config_file(params.get("config_file")).get("input"):
         return {}
     if "checkpoint" in explicit or "layout" in explicit:
         raise click.UsageError("--checkpoint/--layout were given without --input: pass --input DATASET too.")
@@ -42,18 +54,33 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
     click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, {timings['wall_seconds']:.1f} s "
                f"({timings['images_per_second']} images/s in the pipeline)")
     click.echo(f"outputs: {output}")
+    gate = metrics.get("gate")
+    if gate:
+        verdict = "passed" if gate["passed"] else "FAILED"
+        click.echo(f"regression gate {verdict}: baseline {gate['baseline_run_id']} mIoU {gate['baseline_miou']:.4f}, "
+                   f"max drop {gate['max_drop']}")
     if metrics["command"] == "score" and metrics.get("config", {}).get("report", True):
         click.echo(f"report: {output.rstrip('/')}/report.html")
 
 
 def _execute(config: RunConfig, as_json: bool) -> None:
+    from pipeline.history import RegressionGateFailed
     from pipeline.run import run
 
-    result = run(config)
+    hooks = click.get_current_context().find_object(RunHooks) or RunHooks()
+    try:
+        result = run(config, watch=hooks.watch)
+    except RegressionGateFailed as err:  # the run itself finished: show its metrics before the failure
+        _show(err.result.metrics, err.result.output, as_json)
+        raise
+    _show(result.metrics, result.output, as_json)
+
+
+def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(result.metrics, indent=2))
+        click.echo(json.dumps(metrics, indent=2))
     else:
-        print_summary(result.metrics, result.output)
+        print_summary(metrics, output)
 
 
 @click.command()
@@ -62,6 +89,8 @@ def _execute(config: RunConfig, as_json: bool) -> None:
 @processing_options
 @output_options
 @execution_options
+@history_options
+@gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of a summary.")
 @click.pass_context
 def score(ctx: click.Context, as_json: bool, **params: Any) -> None:
@@ -87,6 +116,7 @@ def score(ctx: click.Context, as_json: bool, **params: Any) -> None:
 @processing_options
 @output_options
 @execution_options
+@history_options
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of a summary.")
 @click.pass_context
 def predict(ctx: click.Context, as_json: bool, **params: Any) -> None:

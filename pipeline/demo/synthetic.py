@@ -46,7 +46,8 @@ def make_sample(index: int, size: tuple[int, int] | None = None) -> tuple[Image.
     draw_image, draw_label = ImageDraw.Draw(image), ImageDraw.Draw(label)
     for _ in range(int(rng.integers(2, 7))):
         cls = int(rng.integers(1, 4))
-        r = float(rng.uniform(14, min(width, height) / 4))
+        largest = min(width, height) / 4
+        r = float(rng.uniform(min(14.0, 0.6 * largest), largest))
         cx, cy = float(rng.uniform(r, width - r)), float(rng.uniform(r, height - r))
         if cls == 1:
             box = [cx - r, cy - r, cx + r, cy + r]

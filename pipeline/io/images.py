@@ -15,6 +15,9 @@ from pipeline.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; above this an input is treated as a decompression bomb
 
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
+
 # The VOC colour palette (class index -> RGB), also used for any mask with up to 21 classes.
 VOC_PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
@@ -38,6 +41,10 @@ def palette(num_classes: int) -> list[tuple[int, int, int]]:
 def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> Image.Image:
     """Decode image bytes completely (so truncation is caught here, not later).
 
+    The pixel limit is checked on the header, before any pixel is decompressed, so a decompression bomb costs
+    nothing. Pillow's own bomb warning (at ~89 M pixels) is silenced because `max_pixels` is the limit that
+    applies; Pillow's hard error (at twice that) still refuses larger files, whatever `max_pixels` says.
+
     Raises:
         InputError: empty, not an image, truncated or corrupt, or above `max_pixels`.
     """
@@ -45,19 +52,21 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str =
         raise InputError(f"The {what} file is empty (0 bytes): re-export or remove it.")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
                 raise InputError(
                     f"The {what} is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}: "
-                    "it may be a decompression bomb. Raise --max-pixels if the file is genuine."
-                )
+                    "it may be a decompression bomb. Raise --max-pixels if the file is genuine.")
             image.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"The {what} is not a readable image ({err}): check the file or remove it.") from err
+    except Image.DecompressionBombError as err:
+        raise InputError(f"The {what} is above Pillow's own hard pixel limit ({err}), which --max-pixels cannot "
+                         "raise: downscale the image, or remove it.") from err
+    except UnidentifiedImageError as err:
+        raise InputError(_unidentified(what, data)) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InputError(
             f"The {what} is truncated or corrupt ({type(err).__name__}: {err}): re-download or remove it."
@@ -65,6 +74,16 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str =
     if image.mode in ("P", "PA") and what == "image":
         image.info.pop("transparency", None)
     return image
+
+
+def _unidentified(what: str, data: bytes) -> str:
+    """Why Pillow found no image: a known signature with a broken header, or not an image file at all."""
+    kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+    if kind is not None:
+        return (f"The {what} starts like a {kind} file but its header is corrupt: re-download or re-export it, or "
+                "remove it.")
+    return (f"The {what} is not an image file (it starts with {data[:12]!r}): another kind of file carries an image "
+            "extension. Remove it or replace it with the real image.")
 
 
 def decode_class_indices(image: Image.Image, *, layout: str) -> np.ndarray:

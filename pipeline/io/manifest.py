@@ -8,6 +8,7 @@ last, records the shards; its presence means the listing finished.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,10 +51,11 @@ def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 
 def plan_shards(layout: Layout, input_uri: str, options: LayoutOptions, run_dir: str, shard_size: int,
                 s3: fs.S3Options | None = None, reuse: bool = False, expect_labels: bool = False,
-                ) -> list[ShardRef]:
+                limit: int | None = None) -> list[ShardRef]:
     """List the input once and return its shards, writing the manifest under `run_dir`.
 
     Container layouts check their first container against the options (columns, labels) before anything runs.
+    `limit` keeps only the first N inputs (file layouts; containers are read whole).
     With `reuse`, an existing complete manifest (same input and layout) is returned instead of listing again,
     which is what makes `--resume` see exactly the shards of the interrupted run.
     """
@@ -71,12 +73,18 @@ def plan_shards(layout: Layout, input_uri: str, options: LayoutOptions, run_dir:
 
     shards: list[ShardRef] = []
     if isinstance(layout, ContainerLayout):
+        if limit is not None:
+            raise ConfigError(f"--limit works with file layouts, not with {layout.name} containers: split the "
+                              "containers, or score them whole.")
         for i, uri in enumerate(layout.containers(input_uri, s3)):
             if i == 0:
                 layout.check(uri, options, s3, expect_labels)
             shards.append(ShardRef(i, uri, "container", None))
     else:
-        for i, chunk in enumerate(_chunks(layout.items(input_uri, options, s3), shard_size)):
+        items = layout.items(input_uri, options, s3)
+        if limit is not None:
+            items = itertools.islice(items, limit)
+        for i, chunk in enumerate(_chunks(items, shard_size)):
             uri = fs.join(directory, shard_name(i) + ".jsonl")
             lines = "".join(json.dumps([it.id, it.image, it.label]) + "\n" for it in chunk)
             storage.write_bytes(uri, lines.encode("utf-8"))

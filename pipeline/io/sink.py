@@ -4,7 +4,9 @@ One pass does everything: `write()` (a Ray task) scores each row against its lab
 files, and returns the part's confusion-matrix sum; `on_write_complete()` (on the driver) collects those sums.
 A part is the rows of one shard that arrived in one block. Its files are named by shard and first row, so a
 re-run overwrites rather than duplicates, and its commit record (`_run/parts/...json`) is written last: a part
-without a record is incomplete and is redone by `--resume`.
+without a record is incomplete and is redone by `--resume`. Every file is written whole or not at all (local:
+temporary file + rename; S3: one PUT). A part whose rows include a storage failure (stage "storage") is counted in
+this run's metrics but left uncommitted, so `--resume` tries those inputs again instead of keeping the failure.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ray.data.datasource import Datasink
 
 from pipeline.io import fs
 from pipeline.io.images import encode_png
+from pipeline.io.source import STORAGE_STAGE
 from pipeline.metrics import confusion_matrix, image_dice, image_scores
 from pipeline.stages import failed, unpack
 
@@ -32,6 +35,7 @@ MASK_SCHEMA = pa.schema([
     ("mask_png", pa.binary()), ("pixel_accuracy", pa.float64()), ("iou", pa.float64()), ("dice", pa.float64()),
     ("confusion", pa.list_(pa.int64())), ("model", pa.string()), ("shard", pa.int64()), ("row", pa.int64()),
 ])
+ERROR_FIELDS = ("shard", "row", "id", "source", "label_source", "error_stage", "error_class", "error")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -108,8 +112,7 @@ class MaskSink(Datasink[list[dict]]):
         dice_sum, scored, errors, out_rows, files = 0.0, 0, [], [], []
         for row in rows:
             if failed(row["error"]):
-                errors.append({k: row[k] for k in ("shard", "row", "id", "source", "error_stage", "error_class",
-                                                   "error")})
+                errors.append({k: row[k] for k in ERROR_FIELDS})
                 continue
             mask = unpack(row["mask"], row["mask_shape"])
             accuracy = iou = dice = None
@@ -143,5 +146,8 @@ class MaskSink(Datasink[list[dict]]):
             "num_errors": len(errors), "num_scored": scored, "confusion": total.ravel().tolist(),
             "dice_sum": dice_sum, "errors": errors, "files": files,
         }
-        fs.write_bytes(fs.join(parts_dir(s.output), name + ".json"), json.dumps(record).encode("utf-8"), s.s3)
+        # A storage failure is not the input's fault: leave the part uncommitted so that --resume redoes it.
+        record["committed"] = not any(e["error_stage"] == STORAGE_STAGE for e in errors)
+        if record["committed"]:
+            fs.write_bytes(fs.join(parts_dir(s.output), name + ".json"), json.dumps(record).encode("utf-8"), s.s3)
         return record

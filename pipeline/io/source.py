@@ -18,52 +18,81 @@ from pipeline.datasets import ContainerLayout, Item, Layout, LayoutOptions
 from pipeline.errors import InputError
 from pipeline.io import fs
 from pipeline.io.manifest import ShardRef, read_items
+from pipeline.stages import failure_message
 
 SCHEMA = pa.schema([
     ("shard", pa.int64()), ("row", pa.int64()), ("id", pa.string()), ("source", pa.string()),
-    ("image", pa.binary()), ("label", pa.binary()),
+    ("label_source", pa.string()), ("image", pa.binary()), ("label", pa.binary()),
     ("error_stage", pa.string()), ("error_class", pa.string()), ("error", pa.string()),
 ])
 _IO_THREADS = 8
+STORAGE_STAGE = "storage"  # the storage failed (network, 5xx) after the client's retries: retried by --resume
+_NETWORK_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs")
 
 
-def _row(shard: int, row: int, item_id: str, source: str, image: bytes | None = None, label: bytes | None = None,
-         stage: str | None = None, error: BaseException | str | None = None) -> dict:
-    if isinstance(error, BaseException):
-        error_class, message = type(error).__name__, str(error)
-    else:
-        error_class, message = ("InputError" if error else ""), error or ""
-    return {"shard": shard, "row": row, "id": item_id, "source": source, "image": image, "label": label,
-            "error_stage": (stage or "") if error else "", "error_class": error_class, "error": message}
+def is_storage_failure(err: BaseException) -> bool:
+    """A failure of the storage rather than of the file: network, 5xx, throttling (after the client's retries).
+
+    Such rows are recorded with stage "storage", and their part is left uncommitted so that `--resume` tries them
+    again (see `pipeline.io.sink`); a missing or unreadable file is the input's fault and is recorded for good.
+    """
+    if isinstance(err, InputError):
+        return False
+    cause: BaseException | None = err
+    while cause is not None:  # s3fs re-raises a 503 SlowDown as OSError(EBUSY) caused by botocore's ClientError
+        if isinstance(cause, (ConnectionError, TimeoutError)):
+            return True
+        if type(cause).__module__.split(".")[0] in _NETWORK_PACKAGES:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
-def _fetch(uri: str, s3: fs.S3Options | None) -> bytes:
-    return fs.read_bytes(uri, s3)
+def _root_cause(err: BaseException) -> str:
+    """" (caused by X: ...)" for the first exception of the chain, which holds the client's own message."""
+    cause = err
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    return f" (caused by {type(cause).__name__}: {cause})" if cause is not err else ""
+
+
+def _row(shard: int, row: int, item_id: str, source: str, label_source: str = "", image: bytes | None = None,
+         label: bytes | None = None, stage: str = "", error: BaseException | None = None) -> dict:
+    error_class = message = ""
+    if error is not None:
+        error_class = type(error).__name__
+        message = failure_message(source, error)
+        if is_storage_failure(error):
+            stage = STORAGE_STAGE
+            message += (f"{_root_cause(error)}: the storage failed after its retries; run the same command with "
+                        "--resume to try again.")
+    return {"shard": shard, "row": row, "id": item_id, "source": source, "label_source": label_source,
+            "image": image, "label": label, "error_stage": stage if error is not None else "",
+            "error_class": error_class, "error": message}
 
 
 def _read_item(shard: int, row: int, item: Item, expect_labels: bool, s3: fs.S3Options | None) -> dict:
+    label_source = item.label or ""
     if item.image is None:
-        return _row(shard, row, item.id, item.label or "", stage="read",
-                    error=f"label {item.label} has no image: add the image or remove the label")
+        return _row(shard, row, item.id, label_source, label_source, stage="read", error=InputError(
+            f"label {item.label} has no image: add the image, or remove the label"))
     try:
-        image = _fetch(item.image, s3)
-    except InputError as err:
-        return _row(shard, row, item.id, item.image, stage="read", error=err)
-    except Exception as err:  # network or permission failures after the client's own retries
-        return _row(shard, row, item.id, item.image, stage="read", error=err)
+        image = fs.read_bytes(item.image, s3)
+    except Exception as err:  # InputError: missing or unreadable; else the storage failed after its own retries
+        return _row(shard, row, item.id, item.image, label_source, stage="read", error=err)
     label = None
     if expect_labels:
         if item.label is None:
-            return _row(shard, row, item.id, item.image, image, stage="read", error="the layout gives no label")
-        try:
-            label = _fetch(item.label, s3)
-        except InputError as err:
             return _row(shard, row, item.id, item.image, stage="read", error=InputError(
-                f"label {item.label} is missing for image {item.image}: add it, or use `predict` for unlabelled "
-                f"images ({err})"))
+                f"the {item.id} image has no label in this layout: use `predict` for unlabelled images"))
+        try:
+            label = fs.read_bytes(item.label, s3)
+        except InputError as err:
+            return _row(shard, row, item.id, item.image, label_source, stage="read", error=InputError(
+                f"{err} It is the label of {item.image}: add it, or use `predict` for unlabelled images."))
         except Exception as err:
-            return _row(shard, row, item.id, item.image, stage="read", error=err)
-    return _row(shard, row, item.id, item.image, image, label)
+            return _row(shard, row, item.id, item.image, label_source, stage="read", error=err)
+    return _row(shard, row, item.id, item.image, label_source, image, label)
 
 
 def read_shard(ref: ShardRef, layout: Layout, options: LayoutOptions, expect_labels: bool,
@@ -87,16 +116,18 @@ def read_shard(ref: ShardRef, layout: Layout, options: LayoutOptions, expect_lab
             for i, sample in enumerate(layout.read(ref.uri, options, s3, expect_labels)):
                 if i in skip_rows:
                     continue
-                rows.append(_row(ref.index, i, sample.id, f"{ref.uri}#{sample.id}", sample.image, sample.label,
-                                 stage="read", error=sample.error))
+                source = f"{ref.uri}#{sample.id}"
+                rows.append(_row(ref.index, i, sample.id, source, source, sample.image, sample.label, stage="read",
+                                 error=None if sample.error is None else InputError(sample.error)))
                 if len(rows) >= block_rows:
                     yield pa.Table.from_pylist(rows, schema=SCHEMA)
                     rows = []
-        except Exception as err:  # a corrupt container: everything after the last good sample is one error
+        except Exception as err:  # everything after the last good sample is one error
             if -1 not in skip_rows:
-                rows.append(_row(ref.index, -1, fs.basename(ref.uri), ref.uri, stage="read", error=InputError(
-                    f"container {ref.uri} is corrupt or truncated after its last readable sample ({err}): "
-                    "re-create the shard")))
+                if not is_storage_failure(err):
+                    err = InputError(f"container {ref.uri} is corrupt or truncated after its last readable sample "
+                                     f"({type(err).__name__}: {err}): re-create the shard")
+                rows.append(_row(ref.index, -1, fs.basename(ref.uri), ref.uri, ref.uri, stage="read", error=err))
     if rows:
         yield pa.Table.from_pylist(rows, schema=SCHEMA)
 

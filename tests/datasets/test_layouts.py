@@ -117,7 +117,7 @@ def test_read_shard_turns_missing_files_into_error_rows(tmp_path):
     table = next(read_shard(shards[0], layout, OPTIONS, True, None, frozenset({3}), 64))
     rows = {r["id"]: r for r in table.to_pylist()}
     assert set(rows) == {"s0500", "s0501", "s0502", "orphan"}  # row 3 (s0503) skipped as already committed
-    assert rows["s0500"]["error"] is None and rows["s0500"]["image"] and rows["s0500"]["label"]
+    assert rows["s0500"]["error"] == "" and rows["s0500"]["image"] and rows["s0500"]["label"]
     assert "label" in rows["s0501"]["error"] and "missing" in rows["s0501"]["error"]
     assert "has no image" in rows["orphan"]["error"]
     assert [r["row"] for r in table.to_pylist()] == [0, 1, 2, 4]
@@ -136,7 +136,7 @@ def test_container_layouts_stream_samples(tmp_path, name, writer):
     by_id = {r["id"]: r for r in rows}
     first_label = np.asarray(Image.open(io.BytesIO(by_id["s0500"]["label"])))
     np.testing.assert_array_equal(first_label, items[0][2])
-    assert all(r["error"] is None for r in rows)
+    assert all(r["error"] == "" for r in rows)
 
 
 def test_parquet_without_a_mask_column_is_an_error_for_scoring_only(tmp_path):
@@ -148,4 +148,4 @@ def test_parquet_without_a_mask_column_is_an_error_for_scoring_only(tmp_path):
     error_rows = next(read_shard(shards[0], layout, OPTIONS, True, None, frozenset(), 4)).to_pylist()
     assert len(error_rows) == 1 and "--mask-column" in error_rows[0]["error"]  # recorded, not lost
     rows = next(read_shard(shards[0], layout, OPTIONS, False, None, frozenset(), 4)).to_pylist()
-    assert [r["error"] for r in rows] == [None, None]
+    assert [r["error"] for r in rows] == ["", ""]

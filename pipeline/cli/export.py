@@ -1,0 +1,125 @@
+"""`export`: a model's ONNX file plus the vamc build configuration, so it can be compiled for a VACC card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli.options import model_options
+from pipeline.errors import ConfigError
+from pipeline.quantize import CALIBRATION_METHODS
+
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+
+
+def parse_shape(text: str | None, in_channels: int) -> tuple[int, int, int] | None:
+    """`--input-size` N, HxW or CxHxW -> (C, H, W); C must be the model's input channels."""
+    if text is None:
+        return None
+    tokens = [t.strip() for t in text.lower().split("x")]
+    if not 1 <= len(tokens) <= 3 or not all(t.isdigit() and int(t) > 0 for t in tokens):
+        raise click.BadParameter(f"expected N, HxW or CxHxW (e.g. 512, 256x320, 3x512x512), got {text!r}",
+                                 param_hint="--input-size")
+    values = [int(t) for t in tokens]
+    channels, height, width = ([in_channels] * (3 - len(values)) + values) if len(values) > 1 else (
+        in_channels, values[0], values[0])
+    if channels != in_channels:
+        raise click.BadParameter(f"the model takes {in_channels} input channel(s), the shape says {channels}",
+                                 param_hint="--input-size")
+    return channels, height, width
+
+
+def image_suffix(folder: str) -> str:
+    """The most common image file suffix in `folder` (vamc's sampler reads one suffix)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"--calibration-data {folder} is not a folder: pass the folder of calibration images "
+                          "that vamc will read (e.g. a few dozen images of the target dataset).")
+    counts: dict[str, int] = {}
+    for file in path.iterdir():
+        suffix = file.suffix.lower().lstrip(".")
+        if suffix in IMAGE_SUFFIXES:
+            counts[suffix] = counts.get(suffix, 0) + 1
+    if not counts:
+        raise ConfigError(f"--calibration-data {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return max(counts, key=counts.__getitem__)
+
+
+def _default_calibration_data(checkpoint_given: bool) -> str | None:
+    if checkpoint_given:
+        return None
+    from pipeline.defaults import default_dataset
+
+    return str(Path(default_dataset()) / "images")
+
+
+@click.command()
+@model_options
+@click.option("--input-size", "--shape", "input_size",
+              help="Network input: N, HxW or CxHxW (default: the model's default size). vamc compiles one shape.")
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), default="int8", show_default=True,
+              help="What vamc compiles to (backend.dtype).")
+@click.option("--calibration", type=click.Choice(CALIBRATION_METHODS), default="entropy", show_default=True,
+              help="int8: vamc calibrate_mode (entropy = kl_divergence, percentile, minmax = max).")
+@click.option("--calibration-data", help="int8: folder of calibration images for vamc (default with the built-in "
+                                         "checkpoint: the built-in dataset's images).")
+@click.option("--calibration-images", type=int, default=50, show_default=True,
+              help="int8: how many images vamc calibrates on (the zoo uses 50).")
+@click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the .onnx, .yaml and -vdsp_params.json files.")
+def export(out_dir: str, precision: str, calibration: str, calibration_data: str | None, calibration_images: int,
+           input_size: str | None, **params: Any) -> None:
+    """Write a model's ONNX file and the build configuration of Vastai's compiler (vamc) for it.
+
+    The folder then holds <name>.onnx (fp32, dynamic batch, the given H and W), <name>.yaml (for `vamc
+    compile`) and <name>-vdsp_params.json (the on-device pre-processing, x / 255 at the network size). With no
+    --checkpoint, exports the built-in default model.
+
+    \b
+    Examples:
+      unet-pipeline export --out export/
+      unet-pipeline export -m bubbliiiing-vgg16 -c unet_vgg_voc.pth --input-size 256 \\
+          --calibration-data VOCdevkit/VOC2012/JPEGImages --out export/
+      cd export && vamc compile <name>.yaml
+    """
+    from pipeline.backends.vacc_files import default_vdsp_json
+    from pipeline.defaults import default_checkpoint
+    from pipeline.export.onnx import INPUT_NAME, export_onnx
+    from pipeline.export.vamc import build_name, upsamples_on_dsp, vamc_config, vamc_yaml
+    from pipeline.models import load_model
+
+    checkpoint = params.get("checkpoint") or default_checkpoint()
+    overrides = {key: params.get(key) for key in ("num_classes", "in_channels", "bilinear", "base_channels",
+                                                 "conv_bias")}
+    loaded = load_model(params.get("model"), checkpoint, **overrides)
+    channels = int(loaded.module.in_channels)
+    shape = parse_shape(input_size, channels) or (channels, *loaded.family.default_input_size)
+    suffix = ""
+    if precision == "int8":
+        calibration_data = calibration_data or _default_calibration_data(bool(params.get("checkpoint")))
+        if calibration_data is None:
+            raise click.UsageError("--precision int8 needs --calibration-data FOLDER: the images vamc calibrates on.")
+        suffix = image_suffix(calibration_data)
+        calibration_data = str(Path(calibration_data).resolve())
+    name = build_name(loaded.family.name, precision, calibration, shape)
+    model = export_onnx(loaded, (shape[1], shape[2]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.onnx").write_bytes(model.SerializeToString())
+    config = vamc_config(name=name, onnx_file=f"./{name}.onnx", input_name=INPUT_NAME, shape=shape,
+                         precision=precision, calibration=calibration, calibration_data=calibration_data,
+                         calibration_suffix=suffix, calibration_images=calibration_images,
+                         dsp_upsampling=upsamples_on_dsp(model))
+    try:
+        text = vamc_yaml(config)
+    except ImportError as err:
+        raise ConfigError("Writing the vamc yaml needs PyYAML: pip install pyyaml.") from err
+    (out / f"{name}.yaml").write_text(text)
+    (out / f"{name}-vdsp_params.json").write_text(json.dumps(default_vdsp_json(*shape), indent=4) + "\n")
+    click.echo(f"wrote {out / name}.onnx, .yaml and -vdsp_params.json")
+    click.echo(f"compile:  cd {out} && vamc compile {name}.yaml")
+    click.echo(f"then run: unet-pipeline score --backend vacc --vacc-model <the compiled model's prefix under "
+               f"{out / 'deploy_weights'}> ...")

@@ -1,0 +1,242 @@
+"""Scheduled scoring: run ids, the run history file, and the regression gate.
+
+A tracked run (`--run-id ID` and/or `--history FILE`) writes under `<output>/<run id>/`. The default run id (given
+`--history` and no `--run-id`) is the UTC start time plus a short hash of the settings that decide the results, so
+nightly runs of one configuration sort by time and different configurations are told apart at a glance.
+
+With `--history`, each finished run leaves one JSON line there (local file or s3:// object):
+
+    {"run_id", "started_at", "finished_at", "status": "passed"|"failed", "model", "checkpoint",
+     "checkpoint_sha256", "dataset", "layout", "miou", "miou_all_classes", "per_class_iou", "images_per_second",
+     "num_images", "num_errors", "output", "metrics_uri", "gate": {...} | null}
+
+Re-running a run id replaces that run's outputs (the pipeline clears its own files first) and its history line,
+never adding a second one. The file is rewritten whole on each append: locally through a temporary file and a
+rename, on S3 as one PUT (S3 has no append). Two jobs appending to one history at the same moment can lose one
+line (the last writer wins), so schedule runs that share a history one after another.
+
+With `--baseline RUN_ID|last-good`, a scoring run whose mIoU falls more than `--max-drop` below the baseline's is
+recorded as failed and raises RegressionGateFailed, naming every class whose IoU dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import fs
+from pipeline.run import ProgressWatch, RunFailed, RunResult, run_pipeline
+
+LAST_GOOD = "last-good"
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Settings that say where and how a run is kept or shown, not what it computes: left out of the config hash.
+UNHASHED_SETTINGS = ("output", "run_id", "history", "baseline", "max_drop", "ray_address", "progress", "resume",
+                     "report", "s3")
+
+logger = logging.getLogger(__name__)
+
+
+class RegressionGateFailed(RunFailed):
+    """The run's mIoU fell more than --max-drop below its baseline. Its outputs and history line were written."""
+
+    def __init__(self, message: str, result: RunResult, gate: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+        self.gate = gate
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def config_hash(config: RunConfig) -> str:
+    """8 hex digits identifying the settings that decide a run's results (not where it writes)."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in UNHASHED_SETTINGS}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def new_run_id(config: RunConfig, now: datetime | None = None) -> str:
+    """`20261124T020000Z-1a2b3c4d`: UTC start time, then the config hash."""
+    return f"{(now or _utc_now()):%Y%m%dT%H%M%SZ}-{config_hash(config)}"
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id becomes a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise ConfigError(f"--run-id {run_id!r} is not usable as a folder name: use letters, digits, '.', '_' and "
+                          "'-' (at most 128, starting with a letter or digit), e.g. nightly-2026-11-24.")
+    return run_id
+
+
+def with_run_id(config: RunConfig) -> RunConfig:
+    """The config with its run id filled in: the given one, or a new one when --history is set."""
+    if config.run_id or not config.history:
+        return config
+    return config.replace(run_id=new_run_id(config))
+
+
+def run_output(config: RunConfig) -> str:
+    """Where a run writes: `<output>/<run id>` for a tracked run, else `<output>`."""
+    output = fs.normalize(config.output)
+    return fs.join(output, check_run_id(config.run_id)) if config.run_id else output
+
+
+def read_history(uri: str, s3: fs.S3Options | None = None) -> list[dict]:
+    """The records of a history file, oldest first; [] when it does not exist yet."""
+    storage = fs.storage_for(uri, s3)
+    if not storage.exists(uri):
+        return []
+    records = []
+    for number, line in enumerate(fs.read_bytes(uri, s3).decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{uri} line {number} is not JSON ({err.msg}): fix or delete that line; every "
+                                "line of a run history is one run's JSON record.") from err
+        if not isinstance(record, dict) or "run_id" not in record:
+            raise PipelineError(f"{uri} line {number} is not a run record (no run_id): fix or delete that line.")
+        records.append(record)
+    return records
+
+
+def append_history(uri: str, record: dict[str, Any], s3: fs.S3Options | None = None) -> None:
+    """Add `record` as the last line, replacing any earlier line with the same run_id (read, modify, write whole)."""
+    records = [r for r in read_history(uri, s3) if r["run_id"] != record["run_id"]]
+    records.append(record)
+    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
+    fs.write_bytes(uri, text.encode("utf-8"), s3)
+
+
+def find_baseline(history: list[dict], baseline: str, run_id: str | None, dataset: str, layout: str,
+                  history_uri: str) -> dict | None:
+    """The record `--baseline` names; for last-good, the latest passed run of the same dataset and layout (None if
+    there is none yet: the first scheduled run has nothing to compare with)."""
+    if baseline == LAST_GOOD:
+        candidates = [r for r in history if r.get("status") == "passed" and r["run_id"] != run_id
+                      and r.get("dataset") == dataset and r.get("layout") == layout and r.get("miou") is not None]
+        return candidates[-1] if candidates else None
+    for record in history:
+        if record["run_id"] == baseline:
+            if record.get("miou") is None:
+                raise ConfigError(f"--baseline {baseline}: that run in {history_uri} has no mIoU (a predict run?). "
+                                  "Name a scoring run.")
+            return record
+    known = ", ".join(r["run_id"] for r in history[-5:]) or "none yet"
+    raise ConfigError(f"--baseline {baseline} is not in {history_uri} (latest runs: {known}). Pass one of its "
+                      f"run ids, or {LAST_GOOD}.")
+
+
+def evaluate_gate(record: dict[str, Any], baseline: dict[str, Any], max_drop: float) -> dict[str, Any]:
+    """Compare a run with its baseline: it fails when mIoU fell by more than `max_drop` (absolute, 0..1).
+
+    `dropped_classes` lists every class whose IoU is lower than in the baseline, largest drop first (classes without
+    an IoU on either side are not comparable and left out).
+    """
+    miou, baseline_miou = record.get("miou"), baseline["miou"]
+    passed = miou is not None and round(baseline_miou - miou, 12) <= max_drop
+    dropped = []
+    current = record.get("per_class_iou") or {}
+    for name, before in (baseline.get("per_class_iou") or {}).items():
+        after = current.get(name)
+        if before is not None and after is not None and round(before - after, 12) > 0:
+            dropped.append({"class": name, "baseline_iou": before, "iou": after, "drop": before - after})
+    dropped.sort(key=lambda d: -d["drop"])
+    return {"baseline_run_id": baseline["run_id"], "baseline_miou": baseline_miou, "max_drop": max_drop,
+            "passed": passed, "dropped_classes": dropped}
+
+
+def gate_report(gate: dict[str, Any], record: dict[str, Any], history_uri: str) -> str:
+    """The failure message: how far mIoU fell, which classes dropped, where to look, how to move on."""
+    miou = record.get("miou")
+    fell = "produced no mIoU" if miou is None else (
+        f"mIoU {miou:.4f} is {gate['baseline_miou'] - miou:.4f} below")
+    classes = "; ".join(f"{d['class']} {d['baseline_iou']:.4f} -> {d['iou']:.4f} (-{d['drop']:.4f})"
+                        for d in gate["dropped_classes"]) or "none individually (the set of classes present changed)"
+    return (f"Regression gate failed for run {record['run_id']}: {fell} baseline run {gate['baseline_run_id']} "
+            f"({gate['baseline_miou']:.4f}), more than --max-drop {gate['max_drop']}. Classes that dropped: {classes}. "
+            f"Metrics: {record['metrics_uri']}; history: {history_uri}. If the change is intended, later runs can "
+            f"gate against this one with --baseline {record['run_id']}.")
+
+
+def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metrics_uri: str, started_at: str,
+                   status: str, gate: dict[str, Any] | None) -> dict[str, Any]:
+    """One history line, in the documented field order."""
+    model = metrics.get("model", {})
+    dataset = metrics.get("dataset", {})
+    return {
+        "run_id": config.run_id, "started_at": started_at, "finished_at": _iso(_utc_now()), "status": status,
+        "model": model.get("name"), "checkpoint": fs.normalize(config.checkpoint),
+        "checkpoint_sha256": model.get("checkpoint_sha256"), "dataset": dataset.get("uri", config.input),
+        "layout": dataset.get("layout", config.layout), "miou": metrics.get("miou"),
+        "miou_all_classes": metrics.get("miou_all_classes"), "per_class_iou": metrics.get("per_class_iou") or {},
+        "images_per_second": metrics.get("timings", {}).get("images_per_second"),
+        "num_images": metrics.get("num_images"), "num_errors": metrics.get("num_errors"), "output": output,
+        "metrics_uri": metrics_uri, "gate": gate,
+    }
+
+
+def _metrics_of_failed_run(output: str, scoring: bool, started_at: str, s3: fs.S3Options | None,
+                           ) -> tuple[dict, str] | None:
+    """metrics.json of a run that broke --max-errors (written before it raised); None if this run wrote none."""
+    uri = fs.join(output, "metrics.json" if scoring else "summary.json")
+    if not fs.storage_for(uri, s3).exists(uri):
+        return None
+    metrics = json.loads(fs.read_bytes(uri, s3))
+    if metrics.get("finished_at", "") < started_at:  # left by an earlier attempt (--resume): not this run's
+        return None
+    return metrics, uri
+
+
+def run_tracked(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
+    """Run under `<output>/<run id>/`, apply the --baseline gate, and record the run in --history.
+
+    The baseline is looked up before anything runs, so a wrong run id fails fast. Raises RegressionGateFailed
+    (after recording the run as failed) when the gate fails, and re-raises RunFailed from --max-errors after
+    recording it; a run that crashed leaves no history line.
+    """
+    config = with_run_id(config)
+    s3 = config.s3
+    output = run_output(config)
+    scoring = config.command == "score"
+    started_at = _iso(_utc_now())
+    history = read_history(config.history, s3) if config.history else []
+    baseline = None
+    if config.baseline:
+        dataset = fs.normalize(config.input)
+        baseline = find_baseline(history, config.baseline, config.run_id, dataset, config.layout, config.history)
+        if baseline is None:
+            logger.warning("--baseline %s: %s has no passed run of %s (%s layout) yet, so this run is not gated.",
+                           LAST_GOOD, config.history, dataset, config.layout)
+    try:
+        result = run_pipeline(config.replace(output=output), watch)
+    except RunFailed:
+        found = _metrics_of_failed_run(output, scoring, started_at, s3) if config.history else None
+        if found:
+            metrics, metrics_uri = found
+            gate = evaluate_gate(metrics, baseline, config.max_drop) if baseline else None
+            append_history(config.history, history_record(config, metrics, output, metrics_uri, started_at,
+                                                          "failed", gate), s3)
+        raise
+    gate = evaluate_gate(result.metrics, baseline, config.max_drop) if baseline else None
+    record = history_record(config, result.metrics, output, result.metrics_uri, started_at,
+                            "failed" if gate and not gate["passed"] else "passed", gate)
+    if config.history:
+        append_history(config.history, record, s3)
+    result = dataclasses.replace(result, metrics={**result.metrics, "run_id": config.run_id, "gate": gate})
+    if gate and not gate["passed"]:
+        raise RegressionGateFailed(gate_report(gate, record, config.history or "(none)"), result, gate)
+    return result

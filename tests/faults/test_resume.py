@@ -1,0 +1,130 @@
+"""A run whose driver is killed mid-way, then `--resume`d: the same metrics and masks as an uninterrupted run, no
+mask missing or written twice, and the parts committed before the kill are kept, not redone.
+
+The interrupted run is a real `unet-pipeline score` process connected to the test session's Ray cluster, killed
+with SIGKILL (no clean-up of any kind) once some parts are committed and before the run finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from faults.support import (
+    GOOD_COUNT, ROOT, SHARD_SIZE, assert_same_results, base_config, clean_reference, read_outputs,
+)
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import fs
+from pipeline.io.manifest import ShardRef
+from pipeline.run import RunFailed, _check_every_input_accounted, _done_rows, _remove_orphan_parts, run
+
+SLOW_BACKEND = {"backend": "tests.faults.crashing_backend:FaultyBackend",
+                "backend_options": {"seconds_per_batch": 0.25}}  # the run lasts long enough to be cut mid-way
+SHARDS = GOOD_COUNT // SHARD_SIZE
+
+
+def _commit_records(output: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in (output / "_run" / "parts").glob("*.json")}
+
+
+def _start_and_kill(command: list[str], output: Path, log: Path) -> dict[str, str]:
+    """Run `command`, SIGKILL its whole process group once a part is committed; returns the commit records then."""
+    with open(log, "wb") as sink:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the driver imports tests.faults.crashing_backend too
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 240
+        try:
+            while not _commit_records(output):
+                assert process.poll() is None, f"the run ended before it could be killed:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no part committed in time:\n{log.read_text()}"
+                time.sleep(0.02)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    return _commit_records(output)
+
+
+@pytest.mark.integration
+def test_a_killed_run_resumes_to_the_same_results(tmp_path_factory, tmp_path, ray_session):
+    reference = clean_reference(tmp_path_factory)
+    output = tmp_path / "out"
+    config = base_config(str(reference.data), str(output), reference.checkpoint, **SLOW_BACKEND)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(SLOW_BACKEND))
+    command = [str(Path(sys.executable).parent / "unet-pipeline"), "score", "--config", str(settings),
+               "-m", "milesial", "-c", reference.checkpoint, "-i", str(reference.data), "-o", str(output),
+               "-l", "pairs", "--processing", "upstream", "--scale", "1.0", "--format", "both",
+               "--shard-size", str(SHARD_SIZE), "--batch-size", "2", "--no-report", "--no-progress",
+               "--address", ray_session.get_runtime_context().gcs_address]
+
+    before = _start_and_kill(command, output, tmp_path / "killed-run.log")
+    assert 0 < len(before) < SHARDS, "killed mid-way: some parts committed, not all"
+    assert not (output / "metrics.json").exists()
+
+    run(config.replace(resume=True))
+    outputs = read_outputs(str(output))
+    assert_same_results(outputs, reference.outputs)  # every mask once in Parquet and as PNG, none missing
+    assert outputs.metrics["num_inputs"] == GOOD_COUNT and outputs.errors == []
+    after = _commit_records(output)
+    assert len(after) == SHARDS
+    assert {name: after[name] for name in before} == before, "parts committed before the kill were not redone"
+
+    files = sorted(outputs.files)
+    run(config.replace(resume=True))  # resuming a finished run: nothing to do, same results, same files
+    again = read_outputs(str(output))
+    assert_same_results(again, reference.outputs)
+    assert sorted(again.files) == files
+
+    with pytest.raises(ConfigError, match="threshold"):  # results made with other settings are never mixed in
+        run(config.replace(resume=True, threshold=0.3))
+
+
+def _part(name: str, shard: int, rows: list[int], files: list[str] = ()) -> dict:
+    return {"part": name, "shard": shard, "rows": rows, "files": list(files)}
+
+
+def test_a_row_committed_twice_stops_a_resume():
+    with pytest.raises(PipelineError, match="part-b commits rows of shard 0"):
+        _done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [1, 2])], "out")
+    assert _done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [2]), _part("part-c", 1, [0])], "out") == {
+        0: {0, 1, 2}, 1: {0}}
+
+
+def test_inputs_without_a_result_or_an_error_fail_the_run():
+    shards = [ShardRef(0, "m0", "items", 2), ShardRef(1, "m1", "items", 2), ShardRef(2, "c.parquet", "container", None)]
+    _check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0]), _part("c", 1, [1])])
+    with pytest.raises(RunFailed, match=r"missing rows shard 1: 1.*--resume"):
+        _check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0])])
+
+
+def test_mask_files_no_part_names_are_removed(tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("part-000000-000001.parquet", "part-000001-000001.parquet"):
+        (masks / name).write_bytes(b"x")
+    _remove_orphan_parts(str(tmp_path), [_part("p", 0, [0], [str(masks / "part-000000-000001.parquet")])], None)
+    assert [p.name for p in masks.iterdir()] == ["part-000000-000001.parquet"]
+
+
+def test_a_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Local writes go to a hidden temporary file renamed into place: a write cut short leaves the old file."""
+    target = tmp_path / "masks" / "part-000000-000001.parquet"
+    fs.write_bytes(str(target), b"complete old part")
+
+    def fail(src, dst):
+        raise OSError("disk full")  # the process dies between writing and renaming
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        fs.write_bytes(str(target), b"new part that never lands")
+    assert target.read_bytes() == b"complete old part"
+    assert [p.name for p in target.parent.iterdir()] == [target.name], "the temporary file is cleaned up"

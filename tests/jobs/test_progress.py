@@ -1,0 +1,49 @@
+"""The progress lines a job prints, computed from commit records (no Ray needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from pipeline.io.manifest import ShardRef
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_progress_module():
+    """jobs/progress.py by path: `jobs` on sys.path may be this test folder (tests/jobs) rather than ROOT/jobs."""
+    spec = importlib.util.spec_from_file_location("job_progress", ROOT / "jobs" / "progress.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _commit(output: Path, shard: int, first_row: int, num_ok: int, num_errors: int) -> None:
+    parts = output / "_run" / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    record = {"part": f"part-{shard:06d}-{first_row + 1:06d}", "shard": shard, "num_ok": num_ok,
+              "num_errors": num_errors, "rows": list(range(first_row, first_row + num_ok + num_errors))}
+    (parts / f"{record['part']}.json").write_text(json.dumps(record))
+
+
+def test_lines_count_committed_shards_inputs_and_errors(tmp_path):
+    progress = _load_progress_module()
+    shards = [ShardRef(i, f"m{i}", "items", 4) for i in range(3)]
+    lines: list[str] = []
+    with progress.CommitProgress(str(tmp_path), shards, interval=3600, echo=lines.append) as watch:
+        _commit(tmp_path, 0, 0, 3, 1)
+        _commit(tmp_path, 1, 0, 2, 0)  # shard 1 arrives in two parts
+        _commit(tmp_path, 1, 2, 2, 0)
+        middle = watch.line()
+    assert lines[0].startswith("progress: 0/3 shards, 0/12 inputs committed (0 images, 0 errors)")
+    assert middle.startswith("progress: 2/3 shards, 8/12 inputs committed (7 images, 1 errors)")
+    assert lines[-1].startswith("progress: 2/3 shards, 8/12 inputs committed (7 images, 1 errors)")
+
+
+def test_container_shards_have_no_known_total(tmp_path):
+    progress = _load_progress_module()
+    _commit(tmp_path, 0, -1, 5, 0)
+    line = progress.CommitProgress(str(tmp_path), [ShardRef(0, "a.parquet", "container", None)],
+                                   echo=lambda _: None).line()
+    assert line.startswith("progress: 1/1 shards, 5 inputs committed (5 images, 0 errors)")
