@@ -3,7 +3,8 @@
 Three measurements, all in one process run so their ratios compare like with like:
 
 1. Bare loop: decode, preprocess, forward, post-process (arg-max) one batch at a time in this process, with the
-   same backend, batch size and total threads as the pipeline - the way the upstream eval scripts work.
+   same backend, batch size and total threads as the pipeline - the way the upstream eval scripts work. It runs
+   before Ray starts, so it has the machine to itself.
 2. Pipeline: the same images through `pipeline.run.run` (read, preprocess tasks, actor pool, score, write Parquet).
    Its images/s counts the whole Ray Data pass (actor start-up and writing included); Ray's own start-up is not
    counted, nor is a first small warm-up pass that starts the worker processes (both are reported separately).
@@ -120,9 +121,10 @@ class LoopResult:
 
 
 def _threads(config: RunConfig) -> int:
-    from pipeline.ray_env import cluster_cpus
+    """The bare loop's intra-op threads: every CPU this process may use (what the pipeline's actors add up to)."""
+    import os
 
-    return max(1, int(cluster_cpus()))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def bare_loop(config: RunConfig, variant: Variant, threads: int, warmup: int = 2) -> LoopResult:
@@ -208,13 +210,13 @@ def bench(config: RunConfig, *, images: int, compare: list[Variant], memory_chec
     """Run the three measurements and return a JSON-ready report."""
     from pipeline.ray_env import ensure_ray
 
-    started = time.perf_counter()
-    ensure_ray(config.ray_address, progress=False)
-    ray_seconds = time.perf_counter() - started
     threads = _threads(config)
     first = config.replace(limit=images)
     main_variant = Variant(config.backend, config.precision, dict(config.backend_options))
-    loop = bare_loop(first, main_variant, threads)
+    loop = bare_loop(first, main_variant, threads)  # before Ray starts: nothing else runs on the machine
+    started = time.perf_counter()
+    ensure_ray(config.ray_address, progress=False)
+    ray_seconds = time.perf_counter() - started
 
     with tempfile.TemporaryDirectory(prefix="unet-bench-out-") as scratch:
         # The first pass of a process starts Ray's worker processes and imports torch in them; measured apart,

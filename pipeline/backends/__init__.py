@@ -11,6 +11,7 @@ Two steps, on two sides of the cluster:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,23 +53,57 @@ class PrepareContext:
 
 
 def _check_name(name: str) -> None:
-    if name not in BACKEND_NAMES:
-        raise UnknownNameError(f"Unknown backend {name!r}. Valid names: {', '.join(BACKEND_NAMES)}.")
+    if name not in BACKEND_NAMES and ":" not in name:
+        raise UnknownNameError(f"Unknown backend {name!r}. Valid names: {', '.join(BACKEND_NAMES)}, or "
+                               "package.module:factory for a backend of your own.")
+
+
+def external_backend(name: str) -> Callable[..., Backend]:
+    """Extension point: backend `package.module:factory` (RunConfig.backend, config files) is built by
+    `factory(spec, to_network_input, s3)`. The module must be importable on every Ray worker; the fault tests use
+    it to inject actor crashes (tests/faults/crashing_backend.py)."""
+    module_name, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UnknownNameError(f"Backend {name!r}: cannot load {attr!r} from module {module_name!r} ({err}). "
+                               "Check the name, and that the module is on the Ray workers' Python path.") from err
 
 
 def prepare_backend(spec: BackendSpec, context: PrepareContext) -> BackendSpec:
     """Driver side, once per job: returns the spec the actors build from (options filled in)."""
     _check_name(spec.name)
+    if ":" in spec.name:
+        external_backend(spec.name)  # fail on the driver, before any actor starts
+    if spec.name == "vacc":
+        from pipeline.backends.vacc import prepare_vacc
+
+        return prepare_vacc(spec, context.to_network_input, vacc_model=context.vacc_model,
+                            actors_per_die=context.actors_per_die, s3=context.s3)
+    if spec.name == "onnx":
+        from pipeline.backends.onnx_models import prepare_onnx
+
+        return prepare_onnx(spec, context)
     return spec
 
 
 def create_backend(spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> Backend:
     """Actor side: build the backend `spec` names."""
     _check_name(spec.name)
+    if ":" in spec.name:
+        return external_backend(spec.name)(spec, to_network_input, s3)
     if spec.name == "torch":
         from pipeline.backends.torch_backend import TorchBackend
 
         return TorchBackend(spec, to_network_input, s3)
+    if spec.name == "vacc":
+        from pipeline.backends.vacc import VaccBackend
+
+        return VaccBackend(spec, s3)  # the die normalises on the device (the VDSP op), not to_network_input
+    if spec.name == "onnx":
+        from pipeline.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend(spec, to_network_input, s3)
     raise UnknownNameError(f"Backend {spec.name!r} is not available in this build.")
 
 

@@ -101,7 +101,8 @@ def export(out_dir: str, precision: str, calibration: str, calibration_data: str
     if precision == "int8":
         calibration_data = calibration_data or _default_calibration_data(bool(params.get("checkpoint")))
         if calibration_data is None:
-            raise click.UsageError("--precision int8 needs --calibration-data FOLDER: the images vamc calibrates on.")
+            raise click.UsageError("--precision int8 needs --calibration-data FOLDER: the images vamc calibrates "
+                                   "on.")
         suffix = image_suffix(calibration_data)
         calibration_data = str(Path(calibration_data).resolve())
     name = build_name(loaded.family.name, precision, calibration, shape)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from pipeline.cli.options import load_config_file
 from pipeline.quantize import CALIBRATION_METHODS
-from pipeline.table import DEFAULT_VARIANTS, ModelEntry, TableSpec, parse_shapes, parse_variants
+from pipeline.table import BUILTIN_SHAPES, DEFAULT_VARIANTS, ModelEntry, TableSpec, parse_shapes, parse_variants
 
 SPEC_KEYS = ("input", "output", "models", "variants", "shapes", "run")
 
@@ -44,7 +43,8 @@ def _entries(models: tuple[str, ...], checkpoints: tuple[str, ...], from_file: l
 @click.option("--input", "-i", "input_uri", help="Dataset (default: the built-in synthetic dataset).")
 @click.option("--layout", "-l", help="Dataset layout of --input (default: pairs).")
 @click.option("--variants", help=f"backend:precision pairs, comma separated [default: {DEFAULT_VARIANTS}].")
-@click.option("--shapes", help="Network input sizes, comma separated, N or HxW (default: each model's own).")
+@click.option("--shapes", help="Network input sizes, comma separated, N or HxW (default: each model's own; "
+                               "128 on the built-in dataset).")
 @click.option("--processing", help="Processing of every run [default: model-res, scored at network size].")
 @click.option("--calibration", type=click.Choice(CALIBRATION_METHODS), help="int8 calibration [default: entropy].")
 @click.option("--calibration-images", type=int, help="int8: calibration images [default: 32].")
@@ -84,12 +84,14 @@ def table(models: tuple[str, ...], checkpoints: tuple[str, ...], input_uri: str 
                        ("concurrency", concurrency)):
         if value is not None:
             run_settings[key] = value
+    dataset = input_uri or data.get("input") or ""
+    shape_text = shapes if shapes is not None else data.get("shapes")
     spec = TableSpec(
-        input=input_uri or data.get("input") or "",
+        input=dataset,
         output=output or data.get("output") or "runs/table",
         models=_entries(models, checkpoints, list(data.get("models") or [])),
         variants=parse_variants(variants or data.get("variants") or DEFAULT_VARIANTS),
-        shapes=parse_shapes(shapes if shapes is not None else data.get("shapes")),
+        shapes=parse_shapes(shape_text) if shape_text or dataset else BUILTIN_SHAPES,
         run=run_settings,
     )
     rows = run_table(spec)

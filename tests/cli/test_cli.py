@@ -37,7 +37,8 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["score", "predict", "bench", "models", "layouts", "processings"])
+@pytest.mark.parametrize("command", ["score", "predict", "bench", "report", "table", "export", "models", "layouts",
+                                     "processings"])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0, result.output

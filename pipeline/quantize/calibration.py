@@ -1,0 +1,140 @@
+"""Activation statistics over calibration images, and the int8 range each calibration method picks.
+
+Which tensors: those onnxruntime's static quantizer gives QuantizeLinear/DequantizeLinear pairs to, i.e. the
+float inputs and outputs (not weights) of every node whose op type it can quantize (the same selection as its
+own calibrators). They are made extra graph outputs, and the model runs once per image (images differ in size
+under milesial's scale), in two passes: the first finds each tensor's min and max, the second fills a
+`BINS`-bin histogram of |x| over [0, max |x|] (TensorRT's layout), so no activation is ever stored.
+
+Ranges (`activation_ranges`):
+
+* "minmax": [min, max] as observed.
+* "entropy": |x| clipped at the KL-divergence threshold (`thresholds.kl_threshold`).
+* "percentile": |x| clipped where its histogram reaches 99.99 % (`thresholds.percentile_threshold`).
+
+For entropy and percentile a tensor that was never negative gets [0, T] (its uint8 values cover that range: the
+KL search uses 256 levels), any other tensor [-T, T] (128 levels per side, as TensorRT's signed int8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.quantize.thresholds import kl_threshold, percentile_threshold
+
+BINS = 2048
+SIGNED_LEVELS = 128
+UNSIGNED_LEVELS = 256
+
+
+@dataclass
+class TensorStats:
+    """What calibration keeps of one tensor: its extremes, and a histogram of |x| over [0, max |x|]."""
+
+    minimum: float
+    maximum: float
+    histogram: np.ndarray | None = None
+
+    @property
+    def abs_max(self) -> float:
+        return max(abs(self.minimum), abs(self.maximum))
+
+    @property
+    def bin_width(self) -> float:
+        return self.abs_max / BINS
+
+
+def quantizable_op_types() -> list[str]:
+    """The op types onnxruntime's quantize_static quantizes by default (QLinear and QDQ registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def tensors_to_calibrate(model) -> list[str]:
+    """Float, non-initializer inputs and outputs of the quantizable nodes, in graph order."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    initializers = {init.name for init in graph.initializer}
+    op_types = set(quantizable_op_types())
+    names: dict[str, None] = {}
+    for node in graph.node:
+        if node.op_type not in op_types:
+            continue
+        for name in list(node.input) + list(node.output):
+            if name and name not in initializers and types.get(name) == onnx.TensorProto.FLOAT:
+                names[name] = None
+    return list(names)
+
+
+def _statistics_session(model, tensors: Sequence[str], threads: int):
+    import onnx
+    import onnxruntime as ort
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    outputs = {o.name for o in augmented.graph.output}
+    for name in tensors:
+        if name not in outputs:
+            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def collect_statistics(model, inputs: Sequence[np.ndarray], *, threads: int = 1) -> dict[str, TensorStats]:
+    """Min, max and |x| histogram of every tensor to calibrate, over `inputs` ((1, C, H, W) float32 each).
+
+    Args:
+        model: the fp32 ONNX ModelProto (one input).
+        inputs: network inputs, one image each (sizes may differ where the graph's H and W are dynamic).
+        threads: onnxruntime intra-op threads.
+    """
+    if not inputs:
+        raise ValueError("calibration needs at least one input")
+    tensors = tensors_to_calibrate(model)
+    session = _statistics_session(model, tensors, threads)
+    input_name = session.get_inputs()[0].name
+    stats = {name: TensorStats(np.inf, -np.inf) for name in tensors}
+    for x in inputs:
+        for name, value in zip(tensors, session.run(tensors, {input_name: x})):
+            entry = stats[name]
+            entry.minimum = min(entry.minimum, float(value.min()))
+            entry.maximum = max(entry.maximum, float(value.max()))
+    for entry in stats.values():
+        entry.histogram = np.zeros(BINS, np.int64)
+    for x in inputs:
+        for name, value in zip(tensors, session.run(tensors, {input_name: x})):
+            entry = stats[name]
+            scale = BINS / entry.abs_max if entry.abs_max > 0 else 0.0
+            index = np.minimum((np.abs(value.ravel()) * scale).astype(np.int64), BINS - 1)
+            entry.histogram += np.bincount(index, minlength=BINS)
+    return stats
+
+
+def activation_range(stats: TensorStats, method: str) -> tuple[float, float]:
+    """(low, high) of one tensor under a calibration method ("entropy", "percentile" or "minmax")."""
+    if method == "minmax" or stats.abs_max == 0:
+        return stats.minimum, stats.maximum
+    unsigned = stats.minimum >= 0
+    if method == "entropy":
+        threshold = kl_threshold(stats.histogram, stats.bin_width, UNSIGNED_LEVELS if unsigned else SIGNED_LEVELS)
+    elif method == "percentile":
+        threshold = percentile_threshold(stats.histogram, stats.bin_width)
+    else:
+        raise ValueError(f"unknown calibration method {method!r}; expected entropy, percentile or minmax")
+    return (0.0 if unsigned else -threshold), threshold
+
+
+def activation_ranges(stats: dict[str, TensorStats], method: str) -> dict[str, tuple[float, float]]:
+    """(low, high) of every calibrated tensor."""
+    return {name: activation_range(entry, method) for name, entry in stats.items()}

@@ -1,0 +1,142 @@
+"""int8 calibration: the KL threshold search against a slow reference, percentiles, statistics, ranges."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.stats import entropy
+
+from pipeline.quantize.calibration import (
+    BINS, TensorStats, activation_range, collect_statistics, tensors_to_calibrate,
+)
+from pipeline.quantize.thresholds import kl_divergences, kl_threshold, percentile_threshold
+
+
+def reference_divergences(histogram: np.ndarray, levels: int, start_bin: int = 128) -> np.ndarray:
+    """NVIDIA's `_compute_amax_entropy` loop (pytorch-quantization calib/histogram.py), one candidate at a time."""
+    bins = np.array(histogram, dtype=np.float64)
+    bins[0] = bins[1]
+    divergences = []
+    for i in range(start_bin, len(bins) + 1):
+        space = np.linspace(0, i, num=levels + 1)
+        digitized = np.digitize(range(i), space) - 1
+        digitized[bins[:i] == 0] = -1
+        density = np.zeros(levels)
+        for idx, group in enumerate(digitized):
+            if group != -1:
+                density[group] += bins[idx]
+        for group, members in Counter(digitized).items():
+            if group != -1:
+                density[group] /= members
+        q = np.array([density[g] if g != -1 else 0.0 for g in digitized])
+        p = bins[:i].copy()
+        p[-1] += bins[i:].sum()
+        divergences.append(entropy(p, q))
+    return np.array(divergences)
+
+
+def histogram_of(values: np.ndarray, bins: int = BINS) -> tuple[np.ndarray, float]:
+    magnitudes = np.abs(values)
+    width = magnitudes.max() / bins
+    return np.bincount(np.minimum((magnitudes / width).astype(np.int64), bins - 1), minlength=bins), width
+
+
+def _samples(kind: str) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    if kind == "gaussian+outliers":  # N(0, 1) and a few far outliers: the classic case for clipping
+        return np.concatenate([rng.standard_normal(200_000), [40.0, -38.0, 45.0, 50.0]])
+    if kind == "student-t":  # heavy tails
+        return rng.standard_t(4, 200_000)
+    if kind == "relu":  # half exact zeros, as after a ReLU
+        return np.maximum(rng.standard_normal(200_000), 0.0)
+    return rng.laplace(0.0, 1.0, 100_000)
+
+
+@pytest.mark.parametrize("kind", ["student-t", "relu", "laplace"])
+@pytest.mark.parametrize("levels", [128, 256])
+def test_kl_divergences_equal_the_reference_loop(kind, levels):
+    hist, _ = histogram_of(_samples(kind), bins=512)
+    candidates, fast = kl_divergences(hist, levels)
+    slow = reference_divergences(hist, levels)
+    assert candidates.tolist() == list(range(128, 513))
+    assert np.array_equal(np.isinf(fast), np.isinf(slow))
+    finite = np.isfinite(slow)
+    assert finite.sum() > 100
+    np.testing.assert_allclose(fast[finite], slow[finite], rtol=1e-9, atol=1e-12)
+
+
+def test_kl_threshold_at_2048_bins_matches_the_reference_and_clips_outliers():
+    values = _samples("gaussian+outliers")
+    hist, width = histogram_of(values)
+    slow = reference_divergences(hist, 128)
+    expected = (len(slow) - 1 - int(np.argmin(slow[::-1])) + 128) * width  # NVIDIA: last minimum, upper edge
+    threshold = kl_threshold(hist, width, 128)
+    assert threshold == pytest.approx(expected, rel=1e-12)
+    # the outliers (|x| up to 50) are clipped; the Gaussian body (|x| < 4.5 here) is kept
+    assert 3.5 < threshold < 10.0, threshold
+    assert threshold < 0.25 * np.abs(values).max()
+
+
+def test_kl_threshold_keeps_a_uniform_range_and_ignores_the_relu_zero_spike():
+    uniform = np.random.default_rng(1).uniform(0, 1, 100_000)
+    hist, width = histogram_of(uniform)
+    assert kl_threshold(hist, width, 256) > 0.9  # nothing to gain from clipping a flat distribution
+    relu = _samples("relu")
+    hist, width = histogram_of(relu)
+    assert hist[0] > 0.45 * relu.size  # the spike is there
+    threshold = kl_threshold(hist, width, 256)
+    assert threshold > 0.5 * relu.max()  # not dragged to the smallest candidate (128 bins = 1/16 of the range)
+
+
+def test_percentile_threshold_matches_numpy():
+    values = np.abs(np.random.default_rng(3).standard_normal(500_000))
+    hist, width = histogram_of(values)
+    assert percentile_threshold(hist, width, 99.99) == pytest.approx(np.percentile(values, 99.99), abs=1.5 * width)
+    assert percentile_threshold(hist, width, 50.0) == pytest.approx(np.median(values), abs=1.5 * width)
+
+
+def test_activation_range_signed_unsigned_and_minmax():
+    hist, width = histogram_of(_samples("gaussian+outliers"))
+    signed = TensorStats(-38.0, 50.0, hist)
+    low, high = activation_range(signed, "entropy")
+    assert low == -high and high < 10
+    assert activation_range(signed, "minmax") == (-38.0, 50.0)
+    relu = _samples("relu")
+    unsigned = TensorStats(0.0, float(relu.max()), histogram_of(relu)[0])
+    low, high = activation_range(unsigned, "percentile")
+    assert low == 0.0 and 0 < high <= relu.max()
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        activation_range(signed, "mse")
+
+
+def _tiny_graph():
+    """input -> Conv(1x1, 2 ch) -> Relu -> output: small enough to check its statistics by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.array([[[[1.5]], [[-0.5]]], [[[-2.0]], [[1.0]]]], np.float32)  # (out 2, in 2, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["conv"]), helper.make_node("Relu", ["conv"], ["output"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2, None, None])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 2, None, None])],
+        [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), weight
+
+
+def test_collect_statistics_matches_numpy_on_a_tiny_graph():
+    model, weight = _tiny_graph()
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in ((1, 2, 5, 7), (1, 2, 3, 4))]
+    assert set(tensors_to_calibrate(model)) == {"input", "conv", "output"}
+    stats = collect_statistics(model, inputs)
+    conv = [np.einsum("oi,nihw->nohw", weight[:, :, 0, 0], x) for x in inputs]
+    expected = {"input": inputs, "conv": conv, "output": [np.maximum(c, 0) for c in conv]}
+    for name, arrays in expected.items():
+        flat = np.concatenate([a.ravel() for a in arrays])
+        assert stats[name].minimum == pytest.approx(flat.min(), abs=1e-6)
+        assert stats[name].maximum == pytest.approx(flat.max(), abs=1e-6)
+        assert stats[name].histogram.sum() == flat.size
+        reference, _ = np.histogram(np.abs(flat), bins=BINS, range=(0, np.abs(flat).max()))
+        # the same bins up to values on a bin edge (float rounding of |x| / width)
+        assert np.abs(stats[name].histogram - reference).sum() <= 4
