@@ -91,7 +91,7 @@ class RunConfig:
     batch_size: int = 4
     shard_size: int = 32
     concurrency: int | None = None
-    num_cpus_per_actor: float = 1.0
+    num_cpus_per_actor: float | None = None  # None: share the CPUs the tasks leave among the actors
     threads_per_actor: int | None = None
     num_cpus_per_task: float = 0.5
     backend_options: dict[str, Any] = field(default_factory=dict)

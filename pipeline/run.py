@@ -170,28 +170,49 @@ def _remove_orphan_parts(output: str, parts: list[dict], s3: fs.S3Options | None
                 storage.delete(uri)
 
 
-def _actor_plan(config: RunConfig) -> tuple[int, int]:
-    """(number of inference actors, intra-op threads per actor).
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many inference actors, their Ray CPU request and their intra-op threads."""
 
-    By default the actors take every CPU but the preprocessing tasks' share, and the threads of all actors add up
-    to the cluster's CPUs (on 2 cores: one actor with 2 threads; preprocessing is light next to the forward pass).
+    actors: int
+    cpus_per_actor: float
+    threads: int
+
+
+def _actor_plan(config: RunConfig, max_useful: int | None = None) -> ActorPlan:
+    """The inference actor pool for this run.
+
+    CPU backends (torch on CPU, onnx), by default: one single-threaded actor per CPU, their Ray CPU requests sharing
+    what the read/preprocess/write tasks leave. Measured with `unet-pipeline bench` on 2 cores: two 1-thread actors
+    beat one 2-thread actor by 1.6-2x inside the pipeline, because torch's thread team stalls whenever a task takes
+    one of its cores (README, "Benchmarks"). Accelerators (cuda, vacc): one actor per device (per die share), within
+    the CPUs left for the tasks. `max_useful` (the number of shards to do) caps the pool: more actors would idle.
     """
-    from pipeline.ray_env import cluster_cpus
-
     import ray
 
+    from pipeline.ray_env import cluster_cpus
+
     cpus = cluster_cpus()
-    by_cpus = max(1, int((cpus - config.num_cpus_per_task) // config.num_cpus_per_actor))  # room for the tasks
+    room = max(cpus - config.num_cpus_per_task, 0.5)  # keep room for the read/preprocess/write tasks
+    on_cpu = config.backend == "onnx" or (config.backend == "torch" and not config.device.startswith("cuda"))
     if config.concurrency is not None:
         actors = config.concurrency
-    elif config.backend == "vacc":  # one actor per die share the cluster offers, as far as the CPUs allow
-        actors = min(by_cpus, max(1, int(ray.cluster_resources().get("VACC", 0) * config.actors_per_die)))
-    elif config.device.startswith("cuda"):
-        actors = min(by_cpus, max(1, int(ray.cluster_resources().get("GPU", 0))))
+    elif on_cpu:
+        per_actor = config.num_cpus_per_actor or 1.0
+        actors = max(1, int(cpus // per_actor)) if config.num_cpus_per_actor else max(1, int(cpus))
     else:
-        actors = by_cpus
-    threads = config.threads_per_actor or max(1, int(cpus // actors), math.ceil(config.num_cpus_per_actor))
-    return actors, threads
+        by_cpus = max(1, int(room // (config.num_cpus_per_actor or 1.0)))
+        devices = (ray.cluster_resources().get("VACC", 0) * config.actors_per_die if config.backend == "vacc"
+                   else ray.cluster_resources().get("GPU", 0))
+        actors = min(by_cpus, max(1, int(devices)))
+    if max_useful is not None and config.concurrency is None:
+        actors = max(1, min(actors, max_useful))
+    cpus_per_actor = config.num_cpus_per_actor or round(min(1.0, room / actors), 3)
+    if on_cpu:
+        threads = config.threads_per_actor or max(1, round(cpus_per_actor))
+    else:
+        threads = config.threads_per_actor or max(1, int(cpus // actors))
+    return ActorPlan(actors, cpus_per_actor, threads)
 
 
 def sample_images_from(shards: list[ShardRef], layout: Layout, options: LayoutOptions, processing,
@@ -329,7 +350,8 @@ def run_pipeline(config: RunConfig, watch: ProgressWatch | None = None) -> RunRe
 
         require_sdk_installed()
     ensure_ray(config.ray_address, progress=config.progress)
-    actors, threads = _actor_plan(config)
+    plan = _actor_plan(config)
+    actors, threads = plan.actors, plan.threads
     spec = BackendSpec(name=config.backend, model=loaded.family.name, checkpoint=config.checkpoint,
                        model_config=dict(loaded.config), device=config.device, precision=config.precision,
                        threads=threads, batch_size=config.batch_size, options=dict(config.backend_options))
@@ -346,10 +368,13 @@ def run_pipeline(config: RunConfig, watch: ProgressWatch | None = None) -> RunRe
     source = ShardDatasource(shards, layout, options, scoring, s3,
                              {k: frozenset(v) for k, v in done.items()}, block_rows=config.shard_size)
     pending = len(source.get_read_tasks(1))
+    if pending and pending < actors:
+        plan = _actor_plan(config, max_useful=pending)
+        actors = plan.actors
     sink = MaskSink(SinkSettings(config.output, config.formats, num_classes, scoring, loaded.family.name, s3))
     pipeline_started = time.perf_counter()
     if pending:
-        resources: dict[str, Any] = {"num_cpus": config.num_cpus_per_actor}
+        resources: dict[str, Any] = {"num_cpus": plan.cpus_per_actor}
         if config.device.startswith("cuda"):
             resources["num_gpus"] = 1
         if config.backend == "vacc":

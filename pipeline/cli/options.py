@@ -79,7 +79,9 @@ execution_options = _compose(
     click.option("--shard-size", type=int, default=32, show_default=True,
                  help="Images per shard (the unit of reading, committing and resuming)."),
     click.option("--concurrency", type=int, help="Inference actors (default: as many as the CPUs allow)."),
-    click.option("--num-cpus-per-actor", type=float, default=1.0, show_default=True),
+    click.option("--num-cpus-per-actor", type=float,
+                 help="Ray CPUs each inference actor requests (default: CPU backends get one actor per CPU, "
+                      "sharing what the tasks leave)."),
     click.option("--threads-per-actor", type=int, help="Intra-op threads per actor (default: its CPUs)."),
     click.option("--calibration", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
                  show_default=True, help="int8: activation range calibration (entropy = KL divergence)."),
