@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.backends import BackendSpec, PrepareContext, create_backend, prepare_backend
+from pipeline.backends import create_backend
 from pipeline.config import RunConfig
 from pipeline.datasets import LAYOUTS
 from pipeline.errors import ConfigError
@@ -136,8 +136,7 @@ def bare_loop(config: RunConfig, variant: Variant, threads: int, warmup: int = 2
         config.processing, family=loaded.family, num_classes=loaded.module.num_classes,
         in_channels=loaded.module.in_channels, scale=config.scale, input_size=config.input_size,
         threshold=config.threshold)
-    from pipeline.run import _layout_options, sample_images_from
-    from pipeline.defaults import cache_dir
+    from pipeline.run import _layout_options, prepared_backend_spec
 
     options = _layout_options(config, loaded)
     scoring = config.command == "score"
@@ -145,14 +144,9 @@ def bare_loop(config: RunConfig, variant: Variant, threads: int, warmup: int = 2
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
         shards = plan_shards(layout, config.input, options, scratch, config.shard_size, s3, expect_labels=scoring,
                              limit=config.limit)
-        spec = BackendSpec(name=variant.backend, model=loaded.family.name, checkpoint=config.checkpoint,
-                           model_config=dict(loaded.config), device=config.device, precision=variant.precision,
-                           threads=threads, batch_size=config.batch_size, options=dict(variant.options))
-        spec = prepare_backend(spec, PrepareContext(
-            to_network_input=processing.to_network_input,
-            sample_images=sample_images_from(shards, layout, options, processing, s3, config.max_pixels),
-            cache_dir=str(cache_dir() / "backends"), s3=s3, calibration=config.calibration,
-            calibration_images=config.calibration_images, vacc_model=config.vacc_model))
+        spec = prepared_backend_spec(config, loaded, processing, shards, layout, options, s3, threads=threads,
+                                     backend=variant.backend, precision=variant.precision,
+                                     backend_options=dict(variant.options))
         backend = create_backend(spec, processing.to_network_input, s3)
         rows = [row for ref in shards
                 for table in read_shard(ref, layout, options, scoring, s3, frozenset(), config.shard_size)

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError
 from pipeline.io import fs
 from pipeline.run import ProgressWatch, RunFailed, RunResult, run_pipeline
 
@@ -105,10 +105,10 @@ def read_history(uri: str, s3: fs.S3Options | None = None) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise PipelineError(f"{uri} line {number} is not JSON ({err.msg}): fix or delete that line; every "
+            raise ConfigError(f"{uri} line {number} is not JSON ({err.msg}): fix or delete that line; every "
                                 "line of a run history is one run's JSON record.") from err
         if not isinstance(record, dict) or "run_id" not in record:
-            raise PipelineError(f"{uri} line {number} is not a run record (no run_id): fix or delete that line.")
+            raise ConfigError(f"{uri} line {number} is not a run record (no run_id): fix or delete that line.")
         records.append(record)
     return records
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -87,14 +86,7 @@ def check_no_overlap(input_uri: str, output_uri: str) -> None:
 
 
 def _layout_options(config: RunConfig, loaded: LoadedModel) -> LayoutOptions:
-    label_values = config.label_values
-    mask_values = loaded.checkpoint.metadata.get("mask_values")
-    if label_values is None and config.layout == "pairs" and mask_values and all(
-            isinstance(v, int) for v in mask_values):
-        label_values = tuple(mask_values)  # milesial HEAD checkpoints record the raw mask value of each class
-    return LayoutOptions(split=config.split, image_dir=config.image_dir, mask_dir=config.mask_dir,
-                         mask_suffix=config.mask_suffix, image_column=config.image_column,
-                         mask_column=config.mask_column, id_column=config.id_column, label_values=label_values)
+    return LayoutOptions.of_run(config.to_dict(), loaded.checkpoint.metadata.get("mask_values"))
 
 
 def _clean_previous(output: str, s3: fs.S3Options | None) -> None:
@@ -239,6 +231,27 @@ def sample_images_from(shards: list[ShardRef], layout: Layout, options: LayoutOp
     return sample_images
 
 
+def prepared_backend_spec(config: RunConfig, loaded: LoadedModel, processing, shards: list[ShardRef], layout: Layout,
+                          options: LayoutOptions, s3: fs.S3Options | None, *, threads: int,
+                          backend: str | None = None, precision: str | None = None,
+                          backend_options: dict[str, Any] | None = None) -> BackendSpec:
+    """The spec the inference actors build from, after the driver's once-per-job preparation (export, int8
+    calibration on the run's own images, VACC file checks). `backend`/`precision`/`backend_options` override the
+    config's (bench compares several)."""
+    from pipeline.defaults import cache_dir
+
+    spec = BackendSpec(name=backend or config.backend, model=loaded.family.name, checkpoint=config.checkpoint,
+                       model_config=dict(loaded.config), device=config.device,
+                       precision=precision or config.precision, threads=threads, batch_size=config.batch_size,
+                       options=dict(config.backend_options if backend_options is None else backend_options))
+    return prepare_backend(spec, PrepareContext(
+        to_network_input=processing.to_network_input,
+        sample_images=sample_images_from(shards, layout, options, processing, s3, config.max_pixels),
+        cache_dir=str(cache_dir() / "backends"), s3=s3, calibration=config.calibration,
+        calibration_images=config.calibration_images, vacc_model=config.vacc_model,
+        actors_per_die=config.actors_per_die))
+
+
 def _metrics(config: RunConfig, loaded: LoadedModel, layout: Layout, class_names: tuple[str, ...],
              parts: list[dict], timings: dict[str, float], num_classes: int) -> dict[str, Any]:
     total = np.zeros((num_classes, num_classes), np.int64)
@@ -352,17 +365,7 @@ def run_pipeline(config: RunConfig, watch: ProgressWatch | None = None) -> RunRe
     ensure_ray(config.ray_address, progress=config.progress)
     plan = _actor_plan(config)
     actors, threads = plan.actors, plan.threads
-    spec = BackendSpec(name=config.backend, model=loaded.family.name, checkpoint=config.checkpoint,
-                       model_config=dict(loaded.config), device=config.device, precision=config.precision,
-                       threads=threads, batch_size=config.batch_size, options=dict(config.backend_options))
-    from pipeline.defaults import cache_dir
-
-    spec = prepare_backend(spec, PrepareContext(
-        to_network_input=processing.to_network_input,
-        sample_images=sample_images_from(shards, layout, options, processing, s3, config.max_pixels),
-        cache_dir=str(cache_dir() / "backends"), s3=s3, calibration=config.calibration,
-        calibration_images=config.calibration_images, vacc_model=config.vacc_model,
-        actors_per_die=config.actors_per_die))
+    spec = prepared_backend_spec(config, loaded, processing, shards, layout, options, s3, threads=threads)
     from pipeline.io.source import ShardDatasource
 
     source = ShardDatasource(shards, layout, options, scoring, s3,

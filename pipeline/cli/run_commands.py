@@ -25,6 +25,14 @@ class RunHooks:
     watch: ProgressWatch | None = None  # held while the pipeline runs, e.g. to log progress lines
 
 
+def run_options(func):
+    """The options both run commands take (same names everywhere)."""
+    for decorator in (history_options, execution_options, output_options, processing_options, data_options,
+                      model_options):
+        func = decorator(func)
+    return func
+
+
 def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """With no --input, the built-in default (synthetic shapes + the packaged checkpoint)."""
     from pipeline.cli.options import load_config_file
@@ -84,12 +92,7 @@ def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
 
 
 @click.command()
-@model_options
-@data_options
-@processing_options
-@output_options
-@execution_options
-@history_options
+@run_options
 @gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of a summary.")
 @click.pass_context
@@ -111,12 +114,7 @@ def score(ctx: click.Context, as_json: bool, **params: Any) -> None:
 
 
 @click.command()
-@model_options
-@data_options
-@processing_options
-@output_options
-@execution_options
-@history_options
+@run_options
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of a summary.")
 @click.pass_context
 def predict(ctx: click.Context, as_json: bool, **params: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,6 +43,24 @@ class LayoutOptions:
     mask_column: str | None = None
     id_column: str | None = None
     label_values: tuple[int, ...] | None = None  # raw label value at position i -> class i (milesial mask_values)
+
+    @classmethod
+    def of_run(cls, settings: Mapping[str, Any], mask_values: Sequence[Any] | None) -> LayoutOptions:
+        """The options a run uses, from its settings (RunConfig fields, e.g. `config.to_dict()` or the `config` of
+        its metrics.json) and its checkpoint's `mask_values`.
+
+        For the pairs layout without --label-values, milesial checkpoints that record integer mask values (HEAD
+        checkpoints: the raw mask value of each class) map those raw values to classes.
+        """
+        label_values = settings.get("label_values")
+        if label_values is None and settings.get("layout") == "pairs" and mask_values and all(
+                isinstance(v, int) for v in mask_values):
+            label_values = mask_values
+        return cls(split=settings.get("split") or "val", image_dir=settings.get("image_dir"),
+                   mask_dir=settings.get("mask_dir"), mask_suffix=settings.get("mask_suffix"),
+                   image_column=settings.get("image_column"), mask_column=settings.get("mask_column"),
+                   id_column=settings.get("id_column"),
+                   label_values=tuple(label_values) if label_values is not None else None)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ Runs are shown in the order they were recorded.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -18,23 +17,6 @@ from pipeline.report.trend_plots import baseline_ids, class_trend, miou_trend
 
 HISTORY_STEM = "history"
 TABLE_RUNS = 30  # the run table lists this many of the latest runs
-
-
-def read_history_records(uri: str, s3: fs.S3Options | None = None) -> list[dict[str, Any]]:
-    """The runs of a JSON Lines history file, in file order; a bad line is an error naming its line number."""
-    records = []
-    for number, line in enumerate(fs.read_bytes(uri, s3).decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{uri} line {number} is not JSON ({err}): the history must hold one JSON object "
-                              "per line; fix or remove that line.") from err
-        if not isinstance(record, dict):
-            raise ConfigError(f"{uri} line {number} is not a JSON object: each line must describe one run.")
-        records.append(record)
-    return records
 
 
 def weakest_classes(records: list[dict[str, Any]], count: int) -> list[str]:
@@ -123,6 +105,8 @@ def write_history_report(history_uri: str, s3: fs.S3Options | None = None, *, ou
     They go into `out`, by default the folder that holds the history file.
     """
     history_uri = fs.normalize(history_uri)
-    records = read_history_records(history_uri, s3)
+    from pipeline.history import read_history
+
+    records = read_history(history_uri, s3)
     directory = fs.normalize(out) if out else history_uri.rsplit("/", 1)[0]
     return write_document(history_report(records, history_uri, classes), directory, HISTORY_STEM, s3)

@@ -32,23 +32,6 @@ class Source:
     problem: str = ""
 
 
-def layout_options(config: dict[str, Any], mask_values: list[Any] | None) -> LayoutOptions:
-    """The LayoutOptions a run used, from the `config` and `model.mask_values` recorded in its metrics.json.
-
-    Mirrors the run's rule: for the pairs layout without --label-values, milesial checkpoints that record integer
-    mask values map those raw values to classes.
-    """
-    label_values = config.get("label_values")
-    if label_values is None and config.get("layout") == "pairs" and mask_values and all(
-            isinstance(v, int) for v in mask_values):
-        label_values = mask_values
-    return LayoutOptions(
-        split=config.get("split") or "val", image_dir=config.get("image_dir"), mask_dir=config.get("mask_dir"),
-        mask_suffix=config.get("mask_suffix"), image_column=config.get("image_column"),
-        mask_column=config.get("mask_column"), id_column=config.get("id_column"),
-        label_values=tuple(label_values) if label_values is not None else None)
-
-
 class RunSources:
     """Looks up (shard, row) -> Source for one finished run."""
 
@@ -57,7 +40,7 @@ class RunSources:
         self.output = output
         self.s3 = s3
         self.layout: Layout = LAYOUTS.get(metrics["dataset"]["layout"])
-        self.options = layout_options(config, metrics.get("model", {}).get("mask_values"))
+        self.options = LayoutOptions.of_run(config, metrics.get("model", {}).get("mask_values"))
         self.rule: LabelRule = self.layout.label_rule(len(metrics["class_names"]), self.options)
         self.max_pixels = int(config.get("max_pixels") or DEFAULT_MAX_PIXELS)
 
