@@ -7,15 +7,14 @@ with any storage. Each record is read once.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from collections.abc import Callable
 
 from pipeline.io import fs
+from pipeline.io.commits import PartRecord, read_records, record_uris
 from pipeline.io.manifest import ShardRef
-from pipeline.io.sink import parts_dir
 
 INTERVAL_ENV = "UNET_PIPELINE_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_SECONDS = 10.0
@@ -38,7 +37,7 @@ class CommitProgress:
         self.interval = interval if interval is not None else float(
             os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS))
         self.echo = echo
-        self._records: dict[str, dict] = {}
+        self._records: dict[str, PartRecord] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="commit-progress", daemon=True)
         self._started = 0.0
@@ -62,19 +61,16 @@ class CommitProgress:
                 self.echo(f"progress: cannot read commit records yet ({type(err).__name__}: {err})")
 
     def _read_new_records(self) -> None:
-        storage = fs.storage_for(self.output, self.s3)
-        for page in storage.iter_files(parts_dir(self.output)):
-            for uri in page:
-                if uri.endswith(".json") and uri not in self._records:
-                    self._records[uri] = json.loads(storage.read_bytes(uri))
+        new = [uri for uri in record_uris(self.output, self.s3) if uri not in self._records]
+        self._records.update(zip(new, read_records(new, self.s3)))
 
     def line(self) -> str:
         """`progress: 3/12 shards, 96/384 inputs committed (95 images, 1 errors), 14 s, 6.9 inputs/s`."""
         self._read_new_records()
         records = list(self._records.values())
-        shards = len({r["shard"] for r in records})
-        ok = sum(r["num_ok"] for r in records)
-        errors = sum(r["num_errors"] for r in records)
+        shards = len({r.shard for r in records})
+        ok = sum(r.num_ok for r in records)
+        errors = sum(r.num_errors for r in records)
         done = ok + errors
         elapsed = time.monotonic() - self._started
         of_inputs = f"/{self.num_inputs}" if self.num_inputs is not None else ""

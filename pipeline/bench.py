@@ -27,43 +27,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.backends import create_backend
+from pipeline.backends.variants import BackendVariant
 from pipeline.config import RunConfig
-from pipeline.datasets import LAYOUTS
-from pipeline.errors import ConfigError
 from pipeline.io.images import open_image
 from pipeline.io.manifest import plan_shards
+from pipeline.io.rows import failed
 from pipeline.io.source import read_shard
-from pipeline.metrics import confusion_matrix, scores_from_confusion
-from pipeline.models import load_model
-from pipeline.processing import create_processing
-from pipeline.stages import failed
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One backend configuration: `backend:precision[:key=value...]`, e.g. `torch:fp32:channels_last=0`."""
-
-    backend: str
-    precision: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        parts = [p.strip() for p in text.split(":") if p.strip()]
-        if not parts:
-            raise ConfigError(f"Expected a variant like torch:fp32 or onnx:int8, got {text!r}.")
-        options: dict[str, Any] = {}
-        for part in parts[2:]:
-            key, sep, value = part.partition("=")
-            if not sep:
-                raise ConfigError(f"Variant option {part!r} in {text!r} must be key=value (e.g. channels_last=0).")
-            options[key] = int(value) if value.lstrip("-").isdigit() else value
-        return cls(parts[0], parts[1] if len(parts) > 1 else "fp32", options)
-
-    @property
-    def label(self) -> str:
-        extra = "".join(f":{k}={v}" for k, v in self.options.items())
-        return f"{self.backend}:{self.precision}{extra}"
+from pipeline.metrics import ConfusionAccumulator
+from pipeline.prepare import prepare_run, prepared_backend_spec
 
 
 class MemorySampler:
@@ -127,48 +98,38 @@ def _threads(config: RunConfig) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def bare_loop(config: RunConfig, variant: Variant, threads: int, warmup: int = 2) -> LoopResult:
+def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: int = 2) -> LoopResult:
     """Decode, preprocess, forward and post-process every image of the run in this process; returns images/s."""
-    s3 = config.s3.resolved()
-    layout = LAYOUTS.get(config.layout)
-    loaded = load_model(config.model, config.checkpoint, s3=s3, **config.model_config)
-    processing = create_processing(
-        config.processing, family=loaded.family, num_classes=loaded.module.num_classes,
-        in_channels=loaded.module.in_channels, scale=config.scale, input_size=config.input_size,
-        threshold=config.threshold)
-    from pipeline.run import _layout_options, prepared_backend_spec
-
-    options = _layout_options(config, loaded)
-    scoring = config.command == "score"
-    label_rule = layout.label_rule(processing.num_classes_out, options) if scoring else None
+    run = prepare_run(config)
+    config = run.config
+    processing = run.processing
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
-        shards = plan_shards(layout, config.input, options, scratch, config.shard_size, s3, expect_labels=scoring,
-                             limit=config.limit)
-        spec = prepared_backend_spec(config, loaded, processing, shards, layout, options, s3, threads=threads,
-                                     backend=variant.backend, precision=variant.precision,
-                                     backend_options=dict(variant.options))
-        backend = create_backend(spec, processing.to_network_input, s3)
+        shards = plan_shards(run.layout, config.data.input, run.data, scratch, config.execution.shard_size, run.s3,
+                             expect_labels=config.scoring, limit=config.data.limit)
+        spec = prepared_backend_spec(run, shards, threads=threads, name=variant.backend,
+                                     precision=variant.precision, options=dict(variant.options))
+        backend = create_backend(spec, processing.to_network_input, run.s3)
         rows = [row for ref in shards
-                for table in read_shard(ref, layout, options, scoring, s3, frozenset(), config.shard_size)
+                for table in read_shard(ref, run.layout, run.data, config.scoring, run.s3, frozenset(),
+                                        config.execution.shard_size)
                 for row in table.to_pylist() if not failed(row["error"])]
-    num_classes = processing.num_classes_out
-    total = np.zeros((num_classes, num_classes), np.int64)
+    scores = ConfusionAccumulator(run.num_classes)
     masks: dict[str, np.ndarray] = {}
+    max_pixels = config.data.max_pixels
 
     def run_batch(batch: list[tuple[dict, Any]], keep: bool) -> None:
-        nonlocal total
         outputs = backend.run(np.stack([prepared.image for _, prepared in batch]))
         for (row, prepared), output in zip(batch, outputs):
             mask = processing.finish(output, prepared.meta)
             if not keep:
                 continue
             masks[row["id"]] = mask
-            if label_rule is not None:
-                label = label_rule(open_image(row["label"], max_pixels=config.max_pixels))
-                total += confusion_matrix(processing.prepare_label(label, prepared.meta), mask, num_classes)
+            if run.label_rule is not None:
+                label = run.label_rule(open_image(row["label"], max_pixels=max_pixels))
+                scores.update(processing.prepare_label(label, prepared.meta), mask)
 
     def prepare(row: dict) -> tuple[dict, Any]:
-        return row, processing.prepare(open_image(row["image"], max_pixels=config.max_pixels))
+        return row, processing.prepare(open_image(row["image"], max_pixels=max_pixels))
 
     try:
         for row in rows[:warmup]:
@@ -178,7 +139,8 @@ def bare_loop(config: RunConfig, variant: Variant, threads: int, warmup: int = 2
         for row in rows:
             # consecutive images of one network shape share a forward call, as in the inference actor
             item = prepare(row)
-            if batch and (item[1].image.shape != batch[0][1].image.shape or len(batch) >= config.batch_size):
+            if batch and (item[1].image.shape != batch[0][1].image.shape
+                          or len(batch) >= config.execution.batch_size):
                 run_batch(batch, keep=True)
                 batch = []
             batch.append(item)
@@ -187,7 +149,7 @@ def bare_loop(config: RunConfig, variant: Variant, threads: int, warmup: int = 2
         seconds = time.perf_counter() - started
     finally:
         backend.close()
-    miou = scores_from_confusion(total).miou if label_rule is not None else None
+    miou = scores.compute().miou if run.label_rule is not None else None
     return LoopResult(variant.label, len(masks), seconds, miou, masks)
 
 
@@ -206,16 +168,17 @@ def pipeline_pass(config: RunConfig, output: str, sample_memory: bool = False) -
     return result.metrics, sampler.peak_bytes
 
 
-def bench(config: RunConfig, *, images: int, compare: list[Variant], memory_check: bool = True) -> dict[str, Any]:
+def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memory_check: bool = True,
+          ) -> dict[str, Any]:
     """Run the three measurements and return a JSON-ready report."""
     from pipeline.ray_env import ensure_ray
 
     threads = _threads(config)
     first = config.replace(limit=images)
-    main_variant = Variant(config.backend, config.precision, dict(config.backend_options))
+    main_variant = BackendVariant(config.backend.name, config.backend.precision, dict(config.backend.options))
     loop = bare_loop(first, main_variant, threads)  # before Ray starts: nothing else runs on the machine
     started = time.perf_counter()
-    ensure_ray(config.ray_address, progress=False)
+    ensure_ray(config.execution.ray_address, progress=False)
     ray_seconds = time.perf_counter() - started
 
     with tempfile.TemporaryDirectory(prefix="unet-bench-out-") as scratch:
@@ -226,8 +189,8 @@ def bench(config: RunConfig, *, images: int, compare: list[Variant], memory_chec
         cold_start_seconds = time.perf_counter() - warm_started
         metrics, _ = pipeline_pass(first, f"{scratch}/timed")
         report: dict[str, Any] = {
-            "model": metrics["model"]["name"], "checkpoint": config.checkpoint, "dataset": config.input,
-            "backend": main_variant.label, "batch_size": config.batch_size, "threads_total": threads,
+            "model": metrics["model"]["name"], "checkpoint": config.model.checkpoint, "dataset": config.data.input,
+            "backend": main_variant.label, "batch_size": config.execution.batch_size, "threads_total": threads,
             "pipeline_actors": metrics["backend"]["actors"],
             "pipeline_threads_per_actor": metrics["backend"]["threads_per_actor"],
             "ray_start_seconds": round(ray_seconds, 2),

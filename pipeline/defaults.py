@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import os
 from importlib import resources
-from pathlib import Path
 
+from pipeline.cache import cache_dir
 from pipeline.demo.synthetic import CLASS_NAMES, write_dataset
 
 DATASET_VERSION = "v3"
@@ -20,11 +19,6 @@ DEFAULT_OUTPUT = "runs/default"
 def default_checkpoint() -> str:
     """Path of the packaged checkpoint (a milesial UNet, base width 8, 4 classes, trained by pipeline.demo.train)."""
     return str(resources.files("pipeline") / "assets" / "default_milesial.pth")
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("UNET_PIPELINE_CACHE") or os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "unet-pipeline"
 
 
 def default_dataset(count: int = DEFAULT_COUNT) -> str:

@@ -22,23 +22,22 @@ recorded as failed and raises RegressionGateFailed, naming every class whose IoU
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.io import fs
-from pipeline.run import ProgressWatch, RunFailed, RunResult, run_pipeline
+from pipeline.results import RunFailed, RunResult
 
 LAST_GOOD = "last-good"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# Settings that say where and how a run is kept or shown, not what it computes: left out of the config hash.
-UNHASHED_SETTINGS = ("output", "run_id", "history", "baseline", "max_drop", "ray_address", "progress", "resume",
-                     "report", "s3")
+Runner = Callable[[RunConfig], RunResult]
+"""Runs the pipeline into `config.output` (`pipeline.run.run`, with its progress watch bound)."""
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +46,8 @@ class RegressionGateFailed(RunFailed):
     """The run's mIoU fell more than --max-drop below its baseline. Its outputs and history line were written."""
 
     def __init__(self, message: str, result: RunResult, gate: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.result = result
+        super().__init__(message, result)
+        self.result: RunResult = result
         self.gate = gate
 
 
@@ -60,16 +59,9 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
 
 
-def config_hash(config: RunConfig) -> str:
-    """8 hex digits identifying the settings that decide a run's results (not where it writes)."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in UNHASHED_SETTINGS}
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-
-
 def new_run_id(config: RunConfig, now: datetime | None = None) -> str:
     """`20261124T020000Z-1a2b3c4d`: UTC start time, then the config hash."""
-    return f"{(now or _utc_now()):%Y%m%dT%H%M%SZ}-{config_hash(config)}"
+    return f"{(now or _utc_now()):%Y%m%dT%H%M%SZ}-{config.config_hash()}"
 
 
 def check_run_id(run_id: str) -> str:
@@ -82,15 +74,16 @@ def check_run_id(run_id: str) -> str:
 
 def with_run_id(config: RunConfig) -> RunConfig:
     """The config with its run id filled in: the given one, or a new one when --history is set."""
-    if config.run_id or not config.history:
+    if config.tracking.run_id or not config.tracking.history:
         return config
     return config.replace(run_id=new_run_id(config))
 
 
 def run_output(config: RunConfig) -> str:
     """Where a run writes: `<output>/<run id>` for a tracked run, else `<output>`."""
-    output = fs.normalize(config.output)
-    return fs.join(output, check_run_id(config.run_id)) if config.run_id else output
+    output = fs.normalize(config.output.uri)
+    run_id = config.tracking.run_id
+    return fs.join(output, check_run_id(run_id)) if run_id else output
 
 
 def read_history(uri: str, s3: fs.S3Options | None = None) -> list[dict]:
@@ -178,10 +171,10 @@ def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metr
     model = metrics.get("model", {})
     dataset = metrics.get("dataset", {})
     return {
-        "run_id": config.run_id, "started_at": started_at, "finished_at": _iso(_utc_now()), "status": status,
-        "model": model.get("name"), "checkpoint": fs.normalize(config.checkpoint),
-        "checkpoint_sha256": model.get("checkpoint_sha256"), "dataset": dataset.get("uri", config.input),
-        "layout": dataset.get("layout", config.layout), "miou": metrics.get("miou"),
+        "run_id": config.tracking.run_id, "started_at": started_at, "finished_at": _iso(_utc_now()), "status": status,
+        "model": model.get("name"), "checkpoint": fs.normalize(config.model.checkpoint),
+        "checkpoint_sha256": model.get("checkpoint_sha256"), "dataset": dataset.get("uri", config.data.input),
+        "layout": dataset.get("layout", config.data.layout), "miou": metrics.get("miou"),
         "miou_all_classes": metrics.get("miou_all_classes"), "per_class_iou": metrics.get("per_class_iou") or {},
         "images_per_second": metrics.get("timings", {}).get("images_per_second"),
         "num_images": metrics.get("num_images"), "num_errors": metrics.get("num_errors"), "output": output,
@@ -189,54 +182,41 @@ def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metr
     }
 
 
-def _metrics_of_failed_run(output: str, scoring: bool, started_at: str, s3: fs.S3Options | None,
-                           ) -> tuple[dict, str] | None:
-    """metrics.json of a run that broke --max-errors (written before it raised); None if this run wrote none."""
-    uri = fs.join(output, "metrics.json" if scoring else "summary.json")
-    if not fs.storage_for(uri, s3).exists(uri):
-        return None
-    metrics = json.loads(fs.read_bytes(uri, s3))
-    if metrics.get("finished_at", "") < started_at:  # left by an earlier attempt (--resume): not this run's
-        return None
-    return metrics, uri
-
-
-def run_tracked(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
-    """Run under `<output>/<run id>/`, apply the --baseline gate, and record the run in --history.
+def run_tracked(config: RunConfig, runner: Runner) -> RunResult:
+    """Run under `<output>/<run id>/` with `runner`, apply the --baseline gate, and record the run in --history.
 
     The baseline is looked up before anything runs, so a wrong run id fails fast. Raises RegressionGateFailed
     (after recording the run as failed) when the gate fails, and re-raises RunFailed from --max-errors after
     recording it; a run that crashed leaves no history line.
     """
     config = with_run_id(config)
+    tracking = config.tracking
     s3 = config.s3
     output = run_output(config)
-    scoring = config.command == "score"
     started_at = _iso(_utc_now())
-    history = read_history(config.history, s3) if config.history else []
+    history = read_history(tracking.history, s3) if tracking.history else []
     baseline = None
-    if config.baseline:
-        dataset = fs.normalize(config.input)
-        baseline = find_baseline(history, config.baseline, config.run_id, dataset, config.layout, config.history)
+    if tracking.baseline and tracking.history:
+        dataset = fs.normalize(config.data.input)
+        baseline = find_baseline(history, tracking.baseline, tracking.run_id, dataset, config.data.layout,
+                                 tracking.history)
         if baseline is None:
             logger.warning("--baseline %s: %s has no passed run of %s (%s layout) yet, so this run is not gated.",
-                           LAST_GOOD, config.history, dataset, config.layout)
+                           LAST_GOOD, tracking.history, dataset, config.data.layout)
     try:
-        result = run_pipeline(config.replace(output=output), watch)
-    except RunFailed:
-        found = _metrics_of_failed_run(output, scoring, started_at, s3) if config.history else None
-        if found:
-            metrics, metrics_uri = found
-            gate = evaluate_gate(metrics, baseline, config.max_drop) if baseline else None
-            append_history(config.history, history_record(config, metrics, output, metrics_uri, started_at,
-                                                          "failed", gate), s3)
+        result = runner(config.replace(output=output))
+    except RunFailed as err:
+        if tracking.history and err.result is not None:
+            gate = evaluate_gate(err.result.metrics, baseline, tracking.max_drop) if baseline else None
+            append_history(tracking.history, history_record(config, err.result.metrics, output,
+                                                            err.result.metrics_uri, started_at, "failed", gate), s3)
         raise
-    gate = evaluate_gate(result.metrics, baseline, config.max_drop) if baseline else None
+    gate = evaluate_gate(result.metrics, baseline, tracking.max_drop) if baseline else None
     record = history_record(config, result.metrics, output, result.metrics_uri, started_at,
                             "failed" if gate and not gate["passed"] else "passed", gate)
-    if config.history:
-        append_history(config.history, record, s3)
-    result = dataclasses.replace(result, metrics={**result.metrics, "run_id": config.run_id, "gate": gate})
+    if tracking.history:
+        append_history(tracking.history, record, s3)
+    result = dataclasses.replace(result, metrics={**result.metrics, "run_id": tracking.run_id, "gate": gate})
     if gate and not gate["passed"]:
-        raise RegressionGateFailed(gate_report(gate, record, config.history or "(none)"), result, gate)
+        raise RegressionGateFailed(gate_report(gate, record, tracking.history or "(none)"), result, gate)
     return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import os
 from typing import Any
 
 import numpy as np
@@ -19,58 +18,18 @@ from pipeline.backends import BackendSpec, create_backend
 from pipeline.datasets import LabelRule
 from pipeline.io.fs import S3Options
 from pipeline.io.images import DEFAULT_MAX_PIXELS, check_same_size, open_image
-
-PASSTHROUGH = ("shard", "row", "id", "source", "label_source", "error_stage", "error_class", "error")
-MAX_MESSAGE_CHARS = 2000  # an exception with a huge text must not bloat errors.jsonl
-
-
-def pack(array: np.ndarray) -> tuple[bytes, str]:
-    """Raw bytes and a "h,w[,c]" shape string of a uint8 array."""
-    return np.ascontiguousarray(array, dtype=np.uint8).tobytes(), ",".join(str(d) for d in array.shape)
-
-
-def unpack(data: bytes, shape: str) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape(tuple(int(d) for d in shape.split(",")))
-
-
-def failed(error: Any) -> bool:
-    """Whether a row's `error` cell records a failure ("" or a missing value means the row is good)."""
-    return isinstance(error, str) and error != ""
-
-
-def _object_column(values: list[Any]) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
-
-
-def failure_message(path: str, err: BaseException | str) -> str:
-    """The error text recorded for one input: names the file (unless the message does already), capped in size."""
-    message = str(err) or type(err).__name__
-    if path and path not in message:
-        message = f"{path}: {message}"
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS - 15] + " ...(truncated)"
-    return message
-
-
-def _fail(out: dict[str, list], i: int, stage: str, err: BaseException) -> None:
-    """Record a failure on row i; a label's failure names the label file, any other the image."""
-    path = out["label_source"][i] if stage == "label" and out["label_source"][i] else out["source"][i]
-    out["error_stage"][i] = stage
-    out["error_class"][i] = type(err).__name__
-    out["error"][i] = failure_message(path, err)
+from pipeline.io.rows import (
+    PASSTHROUGH_COLUMNS, PREDICTED_COLUMNS, PREPARED_COLUMNS, failed, object_column, pack, record_failure, unpack,
+)
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], *, processing: Any, label_rule: LabelRule | None,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """Decode images and labels and run the processing's `prepare` (Ray Data task, batch_format "numpy")."""
     n = len(batch["id"])
-    out: dict[str, list] = {key: list(batch[key]) for key in PASSTHROUGH}
-    for key in ("height", "width"):
-        out[key] = [0] * n
-    for key in ("net", "net_shape", "meta", "label", "label_shape"):
-        out[key] = [None] * n
+    out: dict[str, list] = {key: list(batch[key]) for key in PASSTHROUGH_COLUMNS}
+    for key in PREPARED_COLUMNS[len(PASSTHROUGH_COLUMNS):]:
+        out[key] = [0] * n if key in ("height", "width") else [None] * n
     for i in range(n):
         if failed(out["error"][i]):
             continue
@@ -90,8 +49,8 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, processing: Any, label_rul
             if label_rule is not None:
                 out["label"][i], out["label_shape"][i] = pack(processing.prepare_label(label, prepared.meta))
         except Exception as err:  # InputError, or a decoder bug on an exotic file: recorded, never fatal
-            _fail(out, i, stage, err)
-    return {key: _object_column(values) for key, values in out.items()}
+            record_failure(out, i, stage, err)
+    return {key: object_column(out[key]) for key in PREPARED_COLUMNS}
 
 
 def _release_free_memory() -> None:
@@ -114,14 +73,10 @@ class Predictor:
         self.spec = spec
         self.processing = processing
         self.backend = create_backend(spec, processing.to_network_input, s3)
-        self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        out: dict[str, list] = {key: list(batch[key]) for key in PASSTHROUGH + ("height", "width", "label",
-                                                                              "label_shape")}
-        out["mask"] = [None] * n
-        out["mask_shape"] = [None] * n
+        out: dict[str, list] = {key: list(batch[key]) if key in batch else [None] * n for key in PREDICTED_COLUMNS}
         groups: dict[str, list[int]] = {}
         for i in range(n):
             if not failed(out["error"][i]):
@@ -131,7 +86,7 @@ class Predictor:
                 chunk = rows[start:start + self.spec.batch_size]
                 self._run_chunk(batch, out, shape, chunk)
         _release_free_memory()
-        return {key: _object_column(values) for key, values in out.items()}
+        return {key: object_column(out[key]) for key in PREDICTED_COLUMNS}
 
     def _run_chunk(self, batch: dict[str, np.ndarray], out: dict[str, list], shape: str, chunk: list[int]) -> None:
         images = np.stack([unpack(batch["net"][i], shape) for i in chunk])
@@ -139,11 +94,11 @@ class Predictor:
             outputs = self.backend.run(images)
         except Exception as err:  # recorded per image; --max-errors stops a run whose backend keeps failing
             for i in chunk:
-                _fail(out, i, "inference", err)
+                record_failure(out, i, "inference", err)
             return
         for j, i in enumerate(chunk):
             try:
                 mask = self.processing.finish(outputs[j], json.loads(batch["meta"][i]))
                 out["mask"][i], out["mask_shape"][i] = pack(mask)
             except Exception as err:
-                _fail(out, i, "postprocess", err)
+                record_failure(out, i, "postprocess", err)

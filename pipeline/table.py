@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,29 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.backends.variants import BackendVariant
 
 DEFAULT_VARIANTS = "torch:fp32,onnx:fp16,onnx:int8"
 BUILTIN_SHAPES = ((128, 128),)  # the built-in images are 96-160 px: score them near their own scale
 BINARY_CLASS_NAMES = ("background", "shape")
 COLUMNS = ("model", "backbone", "source", "gflops", "params", "miou", "dataset", "shape", "backend", "precision",
            "images_per_second", "miou_change")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """`backend:precision`, e.g. torch:fp32 or onnx:int8."""
-
-    backend: str
-    precision: str
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        backend, sep, precision = text.strip().partition(":")
-        if not backend or not sep or precision not in ("fp32", "fp16", "int8"):
-            raise ConfigError(f"Expected a variant backend:precision (e.g. torch:fp32, onnx:fp16, onnx:int8), got "
-                              f"{text!r}.")
-        return cls(backend, precision)
 
 
 @dataclass(frozen=True)
@@ -76,27 +59,9 @@ class TableSpec:
     input: str
     output: str
     models: tuple[ModelEntry, ...]
-    variants: tuple[Variant, ...]
+    variants: tuple[BackendVariant, ...]
     shapes: tuple[tuple[int, int] | None, ...] = (None,)
     run: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_variants(text: str | list[str]) -> tuple[Variant, ...]:
-    items = text if isinstance(text, list) else text.split(",")
-    variants = tuple(Variant.parse(item) for item in items if str(item).strip())
-    if not variants:
-        raise ConfigError("--variants names no backend:precision pair (e.g. torch:fp32,onnx:int8).")
-    return variants
-
-
-def parse_shapes(text: str | list[Any] | None) -> tuple[tuple[int, int] | None, ...]:
-    """`256,512` or `256x320` items -> ((256, 256), (512, 512)); None -> (None,) (each model's default)."""
-    from pipeline.config import parse_size
-
-    if text is None or text == "" or text == []:
-        return (None,)
-    items = text if isinstance(text, list) else [t for t in re.split(r"[,\s]+", text) if t]
-    return tuple(parse_size(item) for item in items)
 
 
 def binary_builtin_dataset(count: int | None = None) -> str:
@@ -136,7 +101,7 @@ def _dataset_for(spec: TableSpec, entry_settings: dict[str, Any], single_output:
 
 
 def _dataset_label(uri: str) -> str:
-    from pipeline.defaults import cache_dir
+    from pipeline.cache import cache_dir
 
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     return f"built-in {name}" if str(cache_dir()) in uri else name
@@ -168,7 +133,8 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
                 config = RunConfig.from_dict({
                     **run_settings, "command": "score", "input": dataset, "output": f"{spec.output}/runs/{name}",
                     "model": family.name, "checkpoint": entry.checkpoint, "input_size": (height, width),
-                    "backend": variant.backend, "precision": variant.precision, "report": False})
+                    "backend": variant.backend, "precision": variant.precision, "backend_options": variant.options,
+                    "report": False})
                 metrics = run(config).metrics
                 group.append({
                     "model": family.name, "backbone": family.backbone, "source": family.source,
@@ -178,7 +144,7 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
                     "backend": variant.backend, "precision": variant.precision,
                     "images_per_second": metrics["timings"]["images_per_second"], "miou_change": None,
                     "checkpoint": entry.checkpoint, "num_images": metrics["num_images"],
-                    "num_errors": metrics["num_errors"], "run": config.output,
+                    "num_errors": metrics["num_errors"], "run": config.output.uri,
                 })
             reference = next((row for row in group if row["precision"] == "fp32"), None)
             for row in group:

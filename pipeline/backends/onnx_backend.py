@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.backends.base import BackendSpec, ToNetworkInput
+from pipeline.backends.base import BackendEntry, BackendSpec, PrepareContext, ToNetworkInput
 from pipeline.errors import BackendUnavailable, ConfigError
 from pipeline.io.fs import S3Options
 
@@ -89,3 +89,18 @@ class OnnxBackend:
     def close(self) -> None:
         self._session = None
         self._closed = True
+
+
+def _prepare(spec: BackendSpec, context: PrepareContext) -> BackendSpec:
+    from pipeline.backends.onnx_models import prepare_onnx
+
+    return prepare_onnx(spec, context)
+
+
+ENTRY = BackendEntry(
+    name="onnx",
+    description="ONNX Runtime on the CPU: exported (and for int8 calibrated) once per job on the driver, cached.",
+    precisions=("fp32", "fp16", "int8"),
+    create=OnnxBackend,
+    prepare=_prepare,
+)

@@ -138,16 +138,16 @@ def prepare_onnx(spec: BackendSpec, context) -> BackendSpec:
     from pipeline.export.onnx import export_onnx, import_onnx
     from pipeline.models import load_model
 
-    check_settings(spec, context.calibration)
+    check_settings(spec, context.settings.calibration)
     import_onnx()
     started = time.perf_counter()
     loaded = load_model(spec.model, spec.checkpoint, s3=context.s3, **spec.model_config)
-    calibration = context.calibration if spec.precision == "int8" else None
+    calibration = context.settings.calibration if spec.precision == "int8" else None
     inputs: list[np.ndarray] = []
     if calibration is not None:
-        if context.calibration_images < 1:
-            raise ConfigError(f"--calibration-images must be at least 1 for int8, got {context.calibration_images}.")
-        images = context.sample_images(context.calibration_images)
+        if context.settings.calibration_images < 1:
+            raise ConfigError(f"--calibration-images must be at least 1 for int8, got {context.settings.calibration_images}.")
+        images = context.sample_images(context.settings.calibration_images)
         if not images:
             raise ConfigError("int8 calibration found no usable image in --input (every file failed to decode or "
                               "preprocess): check the dataset, or use --precision fp32/fp16.")

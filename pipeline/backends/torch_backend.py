@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from pipeline.backends.base import BackendSpec, ToNetworkInput
-from pipeline.errors import BackendUnavailable, ConfigError
+from pipeline.backends.base import BackendEntry, BackendSpec, ToNetworkInput
+from pipeline.errors import BackendUnavailable
 from pipeline.io.fs import S3Options
+
+if TYPE_CHECKING:
+    from pipeline.config import BackendConfig
 
 
 class TorchBackend:
@@ -19,11 +25,7 @@ class TorchBackend:
 
         from pipeline.models import load_model
 
-        if spec.precision not in ("fp32", "fp16"):
-            raise ConfigError(
-                f"The torch backend runs fp32 or fp16, not {spec.precision}: use --backend onnx --precision int8 "
-                "for int8."
-            )
+        ENTRY.check_precision(spec.precision)
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(
                 f"--device {spec.device} was asked for but torch sees no CUDA device here: use --device cpu, or run "
@@ -58,3 +60,26 @@ class TorchBackend:
     def close(self) -> None:
         self._module = None
         self._closed = True
+
+
+def _on_cpu(settings: BackendConfig) -> bool:
+    return not settings.device.startswith("cuda")
+
+
+def _gpus(settings: BackendConfig, cluster: Mapping[str, float]) -> int:
+    return int(cluster.get("GPU", 0))
+
+
+def _resources(settings: BackendConfig) -> dict[str, Any]:
+    return {} if _on_cpu(settings) else {"num_gpus": 1}
+
+
+ENTRY = BackendEntry(
+    name="torch",
+    description="PyTorch on the CPU (channels-last) or on CUDA with --device cuda (one actor per GPU).",
+    precisions=("fp32", "fp16"),
+    create=TorchBackend,
+    runs_on_cpu=_on_cpu,
+    devices=_gpus,
+    actor_resources=_resources,
+)

@@ -37,16 +37,17 @@ def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bo
       unet-pipeline bench --images 200 --compare torch:fp32:channels_last=0,torch:fp32,onnx:fp32,onnx:int8
       unet-pipeline bench -m milesial -c unet_carvana_scale0.5_epoch2.pth -i carvana/ -l carvana --scale 0.5
     """
-    from pipeline.bench import Variant, bench as run_bench, format_report
+    from pipeline.backends.variants import parse_variants
+    from pipeline.bench import bench as run_bench, format_report
     from pipeline.defaults import DEFAULT_RUN, default_checkpoint, default_dataset
 
     explicit = explicit_params(ctx)
     defaults: dict[str, Any] = {}
-    if not params.get("input_uri"):
+    if not params.get("input"):
         defaults = {**DEFAULT_RUN, "input": default_dataset(4 * images if memory_check else images),
                     "checkpoint": params.get("checkpoint") or default_checkpoint()}
     defaults["output"] = "unused-by-bench"  # each pass writes into its own temporary folder
     config = build_config("score" if params.get("layout") != "folder" else "predict", params, explicit, defaults)
-    variants = [Variant.parse(text) for text in compare.split(",")] if compare else []
+    variants = list(parse_variants(compare)) if compare else []
     report = run_bench(config, images=images, compare=variants, memory_check=memory_check)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -6,14 +6,7 @@ import json
 
 import click
 
-
-def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
-    if not text:
-        return None
-    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p.strip()]
-    if len(parts) != 3:
-        raise click.BadParameter(f"expected CxHxW, e.g. 3x512x512, got {text!r}", param_hint="--shape")
-    return parts[0], parts[1], parts[2]
+from pipeline.sizes import parse_shape
 
 
 @click.command()
@@ -34,7 +27,7 @@ def models(shape: str | None, convention: str, as_json: bool) -> None:
     from pipeline.models.figures import model_figures
 
     rows = []
-    requested = _parse_shape(shape)
+    requested = parse_shape(shape)
     for name, family in MODELS.items():
         # a model keeps its own input channels (zhixuhao reads grey images); --shape sets the size
         model_shape = None if requested is None else (

@@ -1,10 +1,13 @@
-"""Option bundles shared by the commands, and turning parsed options into a RunConfig.
+"""The run options, generated from `RunConfig`'s fields, and turning parsed options into a `RunConfig`.
 
-Every command that runs the pipeline takes the same option names, declared once here.
+Every option's help text and default come from the configuration field it sets (`pipeline.config`), and the
+choices of `--backend`, `--precision` and `--calibration` from their registries, so nothing is spelled twice.
+The click parameter of an option is named after its flat configuration key (`input`, `batch_size`, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,14 +15,17 @@ from typing import Any
 
 import click
 
-from pipeline.config import RunConfig, parse_max_errors, parse_size
+from pipeline.config import FORMATS, PNG_VALUES, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.io.fs import S3Options
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+MODEL_OVERRIDES = ("num_classes", "in_channels", "bilinear", "base_channels", "conv_bias")
+"""Options that override what the checkpoint says about the model (RunConfig.model.overrides)."""
 
 
-def _compose(*decorators: Decorator) -> Decorator:
+def compose(*decorators: Decorator) -> Decorator:
+    """One decorator applying `decorators` in reading order (the first is the first option in --help)."""
     def apply(func: Callable[..., Any]) -> Callable[..., Any]:
         for decorator in reversed(decorators):
             func = decorator(func)
@@ -27,102 +33,142 @@ def _compose(*decorators: Decorator) -> Decorator:
     return apply
 
 
-model_options = _compose(
-    click.option("--model", "-m", help="Model family (`unet-pipeline models`); inferred from the checkpoint if omitted."),
-    click.option("--checkpoint", "-c", help="Weights: local path or s3:// URI (.pth/.pt, .safetensors, Keras .hdf5)."),
-    click.option("--num-classes", type=int, help="Override the number of classes (normally read off the weights)."),
-    click.option("--in-channels", type=int, help="Override the input channels (normally read off the weights)."),
-    click.option("--bilinear/--no-bilinear", default=None, help="milesial: bilinear up-sampling variant."),
-    click.option("--base-channels", type=int, help="milesial: width of the first block (upstream 64)."),
-    click.option("--conv-bias/--no-conv-bias", default=None, help="milesial: convolutions with bias terms."),
-)
+def config_option(key: str, *flags: str, **kwargs: Any) -> Decorator:
+    """A click option for the flat configuration key `key`: help and default from its field.
 
-processing_options = _compose(
-    click.option("--processing", default="upstream", show_default=True,
-                 help="Pre/post-processing: upstream (the family's own predict path), milesial-a013c80, "
-                      "milesial-21d7850, bubbliiiing, zhixuhao, resize, model-res."),
-    click.option("--scale", type=float, help="milesial: input resize factor (upstream default 0.5)."),
-    click.option("--input-size", help="Network input size N or HxW (bubbliiiing, zhixuhao, resize, model-res)."),
-    click.option("--threshold", type=float, default=0.5, show_default=True,
-                 help="Probability threshold for single-channel outputs."),
-)
-
-data_options = _compose(
-    click.option("--input", "-i", "input_uri", help="Dataset: local folder or s3://bucket/prefix."),
-    click.option("--layout", "-l", default="pairs", show_default=True,
-                 help="voc, carvana, isbi, pairs, folder, parquet or webdataset (`unet-pipeline layouts`)."),
-    click.option("--split", default="val", show_default=True, help="voc: ImageSets/Segmentation/<split>.txt."),
-    click.option("--image-dir", help="pairs/carvana/isbi: image folder name under --input."),
-    click.option("--mask-dir", help="pairs/carvana/isbi: label folder name under --input."),
-    click.option("--mask-suffix", help="pairs/carvana/isbi: label file = <stem><suffix> (e.g. _mask.gif)."),
-    click.option("--image-column", help="parquet: column of image bytes."),
-    click.option("--mask-column", help="parquet: column of mask bytes."),
-    click.option("--id-column", help="parquet: column of ids."),
-    click.option("--label-values", help="Raw label value of each class, comma separated (e.g. 0,255)."),
-    click.option("--class-names", help="Class names, comma separated, in class-index order."),
-    click.option("--limit", type=int, help="Only the first N inputs (file layouts), e.g. for a smoke run."),
-    click.option("--max-pixels", type=int, default=100_000_000, show_default=True,
-                 help="Larger images are refused as decompression bombs."),
-)
-
-output_options = _compose(
-    click.option("--output", "-o", "output_uri", help="Output folder: local path or s3://bucket/prefix."),
-    click.option("--format", "output_format", type=click.Choice(["parquet", "png", "both"]), default="parquet",
-                 show_default=True, help="Masks as Parquet shards, one PNG per image, or both."),
-)
-
-execution_options = _compose(
-    click.option("--backend", type=click.Choice(["torch", "onnx", "vacc"]), default="torch", show_default=True),
-    click.option("--device", default="cpu", show_default=True, help="torch: cpu or cuda."),
-    click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True),
-    click.option("--batch-size", type=int, default=4, show_default=True, help="Images per forward call."),
-    click.option("--shard-size", type=int, default=32, show_default=True,
-                 help="Images per shard (the unit of reading, committing and resuming)."),
-    click.option("--concurrency", type=int, help="Inference actors (default: as many as the CPUs allow)."),
-    click.option("--num-cpus-per-actor", type=float,
-                 help="Ray CPUs each inference actor requests (default: CPU backends get one actor per CPU, "
-                      "sharing what the tasks leave)."),
-    click.option("--threads-per-actor", type=int, help="Intra-op threads per actor (default: its CPUs)."),
-    click.option("--calibration", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
-                 show_default=True, help="int8: activation range calibration (entropy = KL divergence)."),
-    click.option("--calibration-images", type=int, default=32, show_default=True,
-                 help="int8: images of the dataset used for calibration (once per job, cached)."),
-    click.option("--vacc-model", help="vacc: prefix of the compiled model files (<prefix>.so/.json/.params)."),
-    click.option("--actors-per-die", type=int, default=1, show_default=True,
-                 help="vacc: inference actors sharing one VACC die."),
-    click.option("--max-errors", help="Fail the run above this many bad inputs (count, or fraction like 0.05 or 5%)."),
-    click.option("--resume", is_flag=True, help="Continue an interrupted run in --output, skipping committed work."),
-    click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
-    click.option("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)."),
-    click.option("--s3-region", help="S3 region (default: AWS_REGION)."),
-    click.option("--s3-anonymous", is_flag=True, help="Read public buckets without credentials."),
-    click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal only)."),
-    click.option("--report/--no-report", default=True, show_default=True,
-                 help="score: write report.html/report.md (plots, worst images, errors) next to metrics.json."),
-    click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                 help="JSON or YAML file of run settings; command-line options override it."),
-)
-
-history_options = _compose(
-    click.option("--run-id", help="Write under <output>/<run id>/ (default with --history: UTC time + config hash). "
-                                  "Re-running an id replaces that run's outputs and history line."),
-    click.option("--history", "history_uri",
-                 help="Run history, local or s3:// JSON Lines: one line per run (mIoU, per-class IoU, throughput)."),
-)
-
-gate_options = _compose(
-    click.option("--baseline", help="Regression gate: a run id in --history, or last-good (latest passed run on the "
-                                    "same dataset). The run fails if its mIoU falls more than --max-drop below it."),
-    click.option("--max-drop", type=float, default=0.01, show_default=True,
-                 help="Largest allowed mIoU drop below --baseline (absolute, e.g. 0.02 = two IoU points)."),
-)
+    `flags` default to `--<key with dashes>`; other keyword arguments go to `click.option` (type, is_flag, ...).
+    """
+    where = RunConfig.keys()[key]
+    f = where.field
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs.setdefault("help", f.metadata["help"])
+    if default is not None and "default" not in kwargs:
+        kwargs["default"] = default
+        kwargs.setdefault("show_default", True)
+    return click.option(*(flags or (f"--{key.replace('_', '-')}",)), key, **kwargs)
 
 
-def _split_list(text: str | None) -> tuple[str, ...] | None:
-    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else None
+def _names(registry: Any) -> str:
+    return ", ".join(registry.names())
+
+
+def _precisions() -> list[str]:
+    from pipeline.backends import BACKENDS
+
+    seen: dict[str, None] = {}
+    for _, entry in BACKENDS.items():
+        seen.update(dict.fromkeys(entry.precisions))
+    return list(seen)
+
+
+def _model_options() -> Decorator:
+    # Model and processing names are listed by `unet-pipeline models|processings`: their registries import torch,
+    # which the CLI does not load before a command needs it.
+    return compose(
+        config_option("model", "--model", "-m"),
+        config_option("checkpoint", "--checkpoint", "-c"),
+        click.option("--num-classes", type=int, help="Override the number of classes (normally read off the weights)."),
+        click.option("--in-channels", type=int, help="Override the input channels (normally read off the weights)."),
+        click.option("--bilinear/--no-bilinear", default=None, help="milesial: bilinear up-sampling variant."),
+        click.option("--base-channels", type=int, help="milesial: width of the first block (upstream 64)."),
+        click.option("--conv-bias/--no-conv-bias", default=None, help="milesial: convolutions with bias terms."),
+    )
+
+
+def _processing_options() -> Decorator:
+    return compose(
+        config_option("processing"),
+        config_option("scale", type=float),
+        config_option("input_size"),
+        config_option("threshold", type=float),
+    )
+
+
+def _data_options() -> Decorator:
+    from pipeline.datasets import LAYOUTS
+
+    return compose(
+        config_option("input", "--input", "-i"),
+        config_option("layout", "--layout", "-l", help=f"Dataset layout: {_names(LAYOUTS)} (`unet-pipeline layouts`)."),
+        config_option("split"),
+        config_option("image_dir"),
+        config_option("mask_dir"),
+        config_option("mask_suffix"),
+        config_option("image_column"),
+        config_option("mask_column"),
+        config_option("id_column"),
+        config_option("label_values"),
+        config_option("class_names"),
+        config_option("limit", type=int),
+        config_option("max_pixels", type=int),
+    )
+
+
+def _output_options() -> Decorator:
+    return compose(
+        config_option("output", "--output", "-o"),
+        config_option("format", type=click.Choice(FORMATS)),
+        config_option("png_values", type=click.Choice(PNG_VALUES)),
+    )
+
+
+def _execution_options() -> Decorator:
+    from pipeline.backends import BACKENDS
+    from pipeline.quantize import CALIBRATION_METHODS
+
+    return compose(
+        config_option("backend", type=click.Choice(BACKENDS.names()),
+                      help="Inference backend: " + "; ".join(f"{n}: {e.description}" for n, e in BACKENDS.items())),
+        config_option("device"),
+        config_option("precision", type=click.Choice(_precisions())),
+        config_option("batch_size", type=int),
+        config_option("shard_size", type=int),
+        config_option("concurrency", type=int),
+        config_option("num_cpus_per_actor", type=float),
+        config_option("threads_per_actor", type=int),
+        config_option("calibration", type=click.Choice(CALIBRATION_METHODS)),
+        config_option("calibration_images", type=int),
+        config_option("vacc_model"),
+        config_option("actors_per_die", type=int),
+        config_option("max_errors"),
+        config_option("resume", is_flag=True, default=False, show_default=False),
+        config_option("ray_address", "--address"),
+        click.option("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)."),
+        click.option("--s3-region", help="S3 region (default: AWS_REGION)."),
+        click.option("--s3-anonymous", is_flag=True, help="Read public buckets without credentials."),
+        config_option("progress", "--progress/--no-progress", default=None),
+        config_option("report", "--report/--no-report"),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                     help="JSON or YAML file of run settings (the long option names as keys, '_' for '-'); "
+                          "command-line options override it."),
+    )
+
+
+def _history_options() -> Decorator:
+    return compose(config_option("run_id"), config_option("history"))
+
+
+def _gate_options() -> Decorator:
+    return compose(config_option("baseline"), config_option("max_drop", type=float))
+
+
+def _lazy(build: Callable[[], Decorator]) -> Decorator:
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
+        return build()(func)
+    return apply
+
+
+model_options = _lazy(_model_options)
+processing_options = _lazy(_processing_options)
+data_options = _lazy(_data_options)
+output_options = _lazy(_output_options)
+execution_options = _lazy(_execution_options)
+history_options = _lazy(_history_options)
+gate_options = _lazy(_gate_options)
 
 
 def load_config_file(path: str | None) -> dict[str, Any]:
+    """The settings of a JSON or YAML config file (a mapping of flat keys and/or sections)."""
     if not path:
         return {}
     text = Path(path).read_text()
@@ -139,28 +185,6 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     return data
 
 
-_FIELDS = {  # RunConfig field -> click parameter name
-    "input": "input_uri", "output": "output_uri", "layout": "layout", "model": "model", "checkpoint": "checkpoint",
-    "processing": "processing", "scale": "scale", "input_size": "input_size", "threshold": "threshold",
-    "split": "split", "image_dir": "image_dir", "mask_dir": "mask_dir", "mask_suffix": "mask_suffix",
-    "image_column": "image_column", "mask_column": "mask_column", "id_column": "id_column",
-    "label_values": "label_values", "class_names": "class_names", "limit": "limit", "max_pixels": "max_pixels",
-    "format": "output_format", "backend": "backend", "device": "device", "precision": "precision",
-    "batch_size": "batch_size", "shard_size": "shard_size", "concurrency": "concurrency",
-    "num_cpus_per_actor": "num_cpus_per_actor", "threads_per_actor": "threads_per_actor",
-    "calibration": "calibration", "calibration_images": "calibration_images", "vacc_model": "vacc_model",
-    "actors_per_die": "actors_per_die",
-    "max_errors": "max_errors", "resume": "resume", "ray_address": "address", "progress": "progress",
-    "report": "report", "run_id": "run_id", "history": "history_uri", "baseline": "baseline", "max_drop": "max_drop",
-}
-_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "input_size": parse_size,
-    "max_errors": parse_max_errors,
-    "label_values": lambda text: tuple(int(v) for v in _split_list(text) or ()) or None,
-    "class_names": _split_list,
-}
-
-
 def explicit_params(ctx: click.Context) -> set[str]:
     """Names of the parameters the user gave (not click defaults)."""
     from click.core import ParameterSource
@@ -170,20 +194,15 @@ def explicit_params(ctx: click.Context) -> set[str]:
 
 def build_config(command: str, params: dict[str, Any], explicit: set[str],
                  defaults: dict[str, Any] | None = None) -> RunConfig:
-    """Merge click defaults < built-in defaults < config file < options given on the command line."""
-    merged: dict[str, Any] = {"command": command}
-    for field_name, param in _FIELDS.items():
-        if param in params and params[param] is not None:
-            merged[field_name] = _CONVERT.get(field_name, lambda v: v)(params[param])
-    merged.update(defaults or {})
+    """Merge RunConfig's defaults < `defaults` (the built-in run) < config file < options given on the command line."""
+    merged: dict[str, Any] = {"command": command, **(defaults or {})}
     merged.update(load_config_file(params.get("config_file")))
-    for field_name, param in _FIELDS.items():
-        if param in explicit and params.get(param) is not None:
-            merged[field_name] = _CONVERT.get(field_name, lambda v: v)(params[param])
-    model_config = {key: params[key] for key in ("num_classes", "in_channels", "bilinear", "base_channels", "conv_bias") if params.get(key) is not None}
-    if model_config:
-        merged["model_config"] = {**merged.get("model_config", {}), **model_config}
-    if not merged.get("resume"):
-        merged["resume"] = False
-    merged["s3"] = S3Options(params.get("s3_endpoint"), params.get("s3_region"), bool(params.get("s3_anonymous")))
+    for key in RunConfig.keys():
+        if key in explicit and params.get(key) is not None:
+            merged[key] = params[key]
+    overrides = {key: params[key] for key in MODEL_OVERRIDES if params.get(key) is not None}
+    if overrides:
+        merged["model_config"] = {**merged.get("model_config", {}), **overrides}
+    if any(params.get(k) for k in ("s3_endpoint", "s3_region", "s3_anonymous")) or "s3" not in merged:
+        merged["s3"] = S3Options(params.get("s3_endpoint"), params.get("s3_region"), bool(params.get("s3_anonymous")))
     return RunConfig.from_dict(merged)

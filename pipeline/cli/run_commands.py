@@ -15,6 +15,7 @@ from pipeline.cli.options import (
 from pipeline.config import RunConfig
 
 if TYPE_CHECKING:
+    from pipeline.results import RunResult
     from pipeline.run import ProgressWatch  # importing pipeline.run loads Ray Data: only when a run starts
 
 
@@ -38,13 +39,13 @@ def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str
     from pipeline.cli.options import load_config_file
     from pipeline.defaults import DEFAULT_OUTPUT, DEFAULT_RUN, default_checkpoint, default_dataset
 
-    if params.get("input_uri") or load_config_file(params.get("config_file")).get("input"):
+    if params.get("input") or load_config_file(params.get("config_file")).get("input"):
         return {}
     if "checkpoint" in explicit or "layout" in explicit:
         raise click.UsageError("--checkpoint/--layout were given without --input: pass --input DATASET too.")
     click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet).", err=True)
     return {**DEFAULT_RUN, "input": default_dataset(), "checkpoint": default_checkpoint(),
-            "output": params.get("output_uri") or DEFAULT_OUTPUT}
+            "output": params.get("output") or DEFAULT_OUTPUT}
 
 
 def print_summary(metrics: dict[str, Any], output: str) -> None:
@@ -71,13 +72,22 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
         click.echo(f"report: {output.rstrip('/')}/report.html")
 
 
+def execute(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
+    """Run the pipeline; a tracked run (--run-id / --history) goes through the run history and its gate."""
+    from pipeline.history import run_tracked
+    from pipeline.run import run
+
+    if config.tracking.run_id or config.tracking.history:
+        return run_tracked(config, lambda tracked: run(tracked, watch))
+    return run(config, watch)
+
+
 def _execute(config: RunConfig, as_json: bool) -> None:
     from pipeline.history import RegressionGateFailed
-    from pipeline.run import run
 
     hooks = click.get_current_context().find_object(RunHooks) or RunHooks()
     try:
-        result = run(config, watch=hooks.watch)
+        result = execute(config, hooks.watch)
     except RegressionGateFailed as err:  # the run itself finished: show its metrics before the failure
         _show(err.result.metrics, err.result.output, as_json)
         raise
@@ -125,9 +135,6 @@ def predict(ctx: click.Context, as_json: bool, **params: Any) -> None:
       unet-pipeline predict -m milesial -c model.pth -i photos/ -l folder -o masks/ --format png
       unet-pipeline predict -c unet_membrane.hdf5 -i s3://em/test -l folder -o s3://em/pred --format both
     """
-    params.setdefault("layout", "folder")
     explicit = explicit_params(ctx)
-    if "layout" not in explicit:
-        params["layout"] = "folder"
-    config = build_config("predict", params, explicit)
+    config = build_config("predict", params, explicit, {"layout": "folder"})
     _execute(config, as_json)

@@ -8,7 +8,9 @@ import click
 
 from pipeline.cli.options import load_config_file
 from pipeline.quantize import CALIBRATION_METHODS
-from pipeline.table import BUILTIN_SHAPES, DEFAULT_VARIANTS, ModelEntry, TableSpec, parse_shapes, parse_variants
+from pipeline.backends.variants import parse_variants
+from pipeline.sizes import parse_sizes
+from pipeline.table import BUILTIN_SHAPES, DEFAULT_VARIANTS, ModelEntry, TableSpec
 
 SPEC_KEYS = ("input", "output", "models", "variants", "shapes", "run")
 
@@ -91,7 +93,7 @@ def table(models: tuple[str, ...], checkpoints: tuple[str, ...], input_uri: str 
         output=output or data.get("output") or "runs/table",
         models=_entries(models, checkpoints, list(data.get("models") or [])),
         variants=parse_variants(variants or data.get("variants") or DEFAULT_VARIANTS),
-        shapes=parse_shapes(shape_text) if shape_text or dataset else BUILTIN_SHAPES,
+        shapes=parse_sizes(shape_text) if shape_text or dataset else BUILTIN_SHAPES,
         run=run_settings,
     )
     rows = run_table(spec)

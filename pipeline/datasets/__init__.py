@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.datasets.base import IGNORE_INDEX, Item, LabelRule, Layout, LayoutOptions
+from pipeline.datasets.base import Item, LabelRule, Layout
+from pipeline.io.images import IGNORE_INDEX
 from pipeline.datasets.containers import CONTAINER_LAYOUTS, ContainerLayout, Sample
 from pipeline.datasets.files import FILE_LAYOUTS, VOC_CLASSES
 from pipeline.registry import Registry
@@ -12,6 +13,6 @@ for _layout in FILE_LAYOUTS + CONTAINER_LAYOUTS:
     LAYOUTS.register(_layout.name, _layout)
 
 __all__ = [
-    "IGNORE_INDEX", "LAYOUTS", "ContainerLayout", "Item", "LabelRule", "Layout", "LayoutOptions", "Sample",
+    "IGNORE_INDEX", "LAYOUTS", "ContainerLayout", "Item", "LabelRule", "Layout", "Sample",
     "VOC_CLASSES",
 ]

@@ -9,17 +9,17 @@ in memory.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from pipeline.io import fs
-from pipeline.io.images import check_class_range, decode_class_indices, map_label_values
+from pipeline.config import DataConfig
+from pipeline.io.images import (
+    IGNORE_INDEX, IMAGE_EXTENSIONS, check_class_range, decode_class_indices, map_label_values,
+)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -29,38 +29,6 @@ class Item:
     id: str
     image: str | None
     label: str | None
-
-
-@dataclass(frozen=True)
-class LayoutOptions:
-    """Per-run choices a layout reads (all optional)."""
-
-    split: str = "val"
-    image_dir: str | None = None
-    mask_dir: str | None = None
-    mask_suffix: str | None = None
-    image_column: str | None = None
-    mask_column: str | None = None
-    id_column: str | None = None
-    label_values: tuple[int, ...] | None = None  # raw label value at position i -> class i (milesial mask_values)
-
-    @classmethod
-    def of_run(cls, settings: Mapping[str, Any], mask_values: Sequence[Any] | None) -> LayoutOptions:
-        """The options a run uses, from its settings (RunConfig fields, e.g. `config.to_dict()` or the `config` of
-        its metrics.json) and its checkpoint's `mask_values`.
-
-        For the pairs layout without --label-values, milesial checkpoints that record integer mask values (HEAD
-        checkpoints: the raw mask value of each class) map those raw values to classes.
-        """
-        label_values = settings.get("label_values")
-        if label_values is None and settings.get("layout") == "pairs" and mask_values and all(
-                isinstance(v, int) for v in mask_values):
-            label_values = mask_values
-        return cls(split=settings.get("split") or "val", image_dir=settings.get("image_dir"),
-                   mask_dir=settings.get("mask_dir"), mask_suffix=settings.get("mask_suffix"),
-                   image_column=settings.get("image_column"), mask_column=settings.get("mask_column"),
-                   id_column=settings.get("id_column"),
-                   label_values=tuple(label_values) if label_values is not None else None)
 
 
 @dataclass(frozen=True)
@@ -90,13 +58,11 @@ class Layout:
     description: str = ""
     has_labels: bool = True
     class_names: tuple[str, ...] | None = None
-    container: bool = False
-    extra: Mapping[str, object] = field(default_factory=dict)
 
-    def items(self, root: str, options: LayoutOptions, s3: fs.S3Options | None = None) -> Iterator[Item]:
+    def items(self, root: str, options: DataConfig, s3: fs.S3Options | None = None) -> Iterator[Item]:
         raise NotImplementedError
 
-    def label_rule(self, num_classes: int, options: LayoutOptions) -> LabelRule:
+    def label_rule(self, num_classes: int, options: DataConfig) -> LabelRule:
         if options.label_values is not None:
             mapping = {int(v): i for i, v in enumerate(options.label_values)}
             return LabelRule(self.name, num_classes, mapping=mapping)

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.datasets.base import Layout, LayoutOptions
+from pipeline.config import DataConfig
+from pipeline.datasets.base import Layout
 from pipeline.errors import ConfigError
 from pipeline.io import fs
+from pipeline.io.images import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,11 @@ class ContainerLayout(Layout):
                 if uri.endswith(self.suffix):
                     yield uri
 
-    def read(self, uri: str, options: LayoutOptions, s3: fs.S3Options | None,
+    def read(self, uri: str, options: DataConfig, s3: fs.S3Options | None,
              expect_labels: bool) -> Iterator[Sample]:
         raise NotImplementedError
 
-    def check(self, uri: str, options: LayoutOptions, s3: fs.S3Options | None, expect_labels: bool) -> None:
+    def check(self, uri: str, options: DataConfig, s3: fs.S3Options | None, expect_labels: bool) -> None:
         """Fail early (ConfigError) when the first container does not fit the options; reads one sample."""
         for _ in self.read(uri, options, s3, expect_labels):
             return
@@ -87,7 +89,7 @@ def _as_bytes(value: Any) -> bytes | None:
 class ParquetLayout(ContainerLayout):
     """Parquet shards with an image-bytes column and an optional mask-bytes column (class-index PNGs)."""
 
-    def read(self, uri: str, options: LayoutOptions, s3: fs.S3Options | None,
+    def read(self, uri: str, options: DataConfig, s3: fs.S3Options | None,
              expect_labels: bool) -> Iterator[Sample]:
         import pyarrow.parquet as pq
 
@@ -114,7 +116,6 @@ class ParquetLayout(ContainerLayout):
                     row += 1
 
 
-_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif")
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -128,10 +129,10 @@ def _split_member(name: str) -> tuple[str, str]:
 class WebDatasetLayout(ContainerLayout):
     """WebDataset tar shards: members `<key>.jpg|png` (the image) and `<key>.mask.png` (class indices)."""
 
-    def read(self, uri: str, options: LayoutOptions, s3: fs.S3Options | None,
+    def read(self, uri: str, options: DataConfig, s3: fs.S3Options | None,
              expect_labels: bool) -> Iterator[Sample]:
         def finish(key: str, fields: dict[str, bytes]) -> Sample:
-            image = next((fields[e] for e in _IMAGE_EXTENSIONS if e in fields), None)
+            image = next((fields[e.lstrip(".")] for e in IMAGE_EXTENSIONS if e.lstrip(".") in fields), None)
             label = fields.get("mask.png")
             if image is None:
                 return Sample(key, None, label, f"sample {key!r} of {uri} has a mask but no image member")
@@ -157,7 +158,7 @@ class WebDatasetLayout(ContainerLayout):
 
 CONTAINER_LAYOUTS = (
     ParquetLayout("parquet", "Parquet shards: an image-bytes column and an optional mask-bytes column",
-                  container=True, suffix=".parquet"),
+                  suffix=".parquet"),
     WebDatasetLayout("webdataset", "WebDataset tar shards: <key>.jpg|png and <key>.mask.png members",
-                     container=True, suffix=".tar"),
+                     suffix=".tar"),
 )

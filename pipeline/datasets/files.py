@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.datasets.base import IMAGE_EXTENSIONS, Item, LabelRule, Layout, LayoutOptions, existing_stems, iter_files
+from pipeline.config import DataConfig
+from pipeline.datasets.base import Item, LabelRule, Layout, existing_stems, iter_files
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import fs
 
@@ -28,14 +29,14 @@ class PairedLayout(Layout):
     mask_dir: str = "masks"
     mask_suffix: str = ".png"
 
-    def _dirs(self, root: str, options: LayoutOptions) -> tuple[str, str, str]:
+    def _dirs(self, root: str, options: DataConfig) -> tuple[str, str, str]:
         return (
             fs.join(root, options.image_dir or self.image_dir),
             fs.join(root, options.mask_dir or self.mask_dir),
             options.mask_suffix or self.mask_suffix,
         )
 
-    def items(self, root: str, options: LayoutOptions, s3: fs.S3Options | None = None) -> Iterator[Item]:
+    def items(self, root: str, options: DataConfig, s3: fs.S3Options | None = None) -> Iterator[Item]:
         image_dir, mask_dir, suffix = self._dirs(root, options)
         storage = fs.storage_for(image_dir, s3)
         if not storage.is_dir(image_dir):
@@ -71,7 +72,7 @@ class PairedLayout(Layout):
 class CarvanaLayout(PairedLayout):
     """Carvana as milesial reads it: labels 0/1 or 0/255 become classes 0/1."""
 
-    def label_rule(self, num_classes: int, options: LayoutOptions) -> LabelRule:
+    def label_rule(self, num_classes: int, options: DataConfig) -> LabelRule:
         if options.label_values is not None:
             return super().label_rule(num_classes, options)
         return LabelRule(self.name, num_classes, mapping={0: 0, 1: 1, 255: 1})
@@ -81,7 +82,7 @@ class CarvanaLayout(PairedLayout):
 class IsbiLayout(PairedLayout):
     """ISBI membrane as zhixuhao reads it: label/255 > 0.5 -> 1 (white = cell = 1, black = membrane = 0)."""
 
-    def label_rule(self, num_classes: int, options: LayoutOptions) -> LabelRule:
+    def label_rule(self, num_classes: int, options: DataConfig) -> LabelRule:
         if options.label_values is not None:
             return super().label_rule(num_classes, options)
         return LabelRule(self.name, num_classes, binarize_at=127)
@@ -91,7 +92,7 @@ class IsbiLayout(PairedLayout):
 class FolderLayout(Layout):
     """Images directly in the given folder; no labels (predict only)."""
 
-    def items(self, root: str, options: LayoutOptions, s3: fs.S3Options | None = None) -> Iterator[Item]:
+    def items(self, root: str, options: DataConfig, s3: fs.S3Options | None = None) -> Iterator[Item]:
         if not fs.storage_for(root, s3).is_dir(root):
             raise ConfigError(f"folder layout: {root} is not a folder of images. Pass the folder that holds them.")
         for uri in iter_files(root, s3):
@@ -116,7 +117,7 @@ class VocLayout(Layout):
             "Pass the folder that holds JPEGImages/, SegmentationClass/ and ImageSets/."
         )
 
-    def items(self, root: str, options: LayoutOptions, s3: fs.S3Options | None = None) -> Iterator[Item]:
+    def items(self, root: str, options: DataConfig, s3: fs.S3Options | None = None) -> Iterator[Item]:
         base = self._voc_root(root, s3)
         split_file = fs.join(base, "ImageSets/Segmentation", f"{options.split}.txt")
         try:
@@ -141,4 +142,4 @@ FILE_LAYOUTS = (
                  "--image-dir/--mask-dir/--mask-suffix change the names"),
     FolderLayout("folder", "a folder of images, no labels (predict only)", has_labels=False),
 )
-__all__ = ["FILE_LAYOUTS", "IMAGE_EXTENSIONS", "VOC_CLASSES"]
+__all__ = ["FILE_LAYOUTS", "VOC_CLASSES"]

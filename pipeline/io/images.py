@@ -14,6 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; above this an input is treated as a decompression bomb
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")  # what layouts list
+IGNORE_INDEX = 255  # label value that is not scored (VOC's "void"); class masks are uint8, so at most 255 classes
 
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
@@ -106,7 +108,7 @@ def decode_class_indices(image: Image.Image, *, layout: str) -> np.ndarray:
     )
 
 
-def map_label_values(values: np.ndarray, mapping: dict[int, int], *, layout: str, ignore_index: int = 255,
+def map_label_values(values: np.ndarray, mapping: dict[int, int], *, layout: str, ignore_index: int = IGNORE_INDEX,
                      ) -> np.ndarray:
     """Map raw label pixel values to class indices; a value with no mapping is an error."""
     lut = np.full(256, -1, dtype=np.int16)
@@ -123,7 +125,7 @@ def map_label_values(values: np.ndarray, mapping: dict[int, int], *, layout: str
     return out.astype(np.uint8)
 
 
-def check_class_range(label: np.ndarray, num_classes: int, *, ignore_index: int = 255) -> None:
+def check_class_range(label: np.ndarray, num_classes: int, *, ignore_index: int = IGNORE_INDEX) -> None:
     """Reject label values outside [0, num_classes) other than the ignore index."""
     values = np.unique(label)
     bad = values[(values >= num_classes) & (values != ignore_index)]

@@ -13,9 +13,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.datasets import ContainerLayout, Item, Layout, LayoutOptions
+from pipeline.config import DataConfig
+from pipeline.datasets import ContainerLayout, Item, Layout
 from pipeline.errors import ConfigError
 from pipeline.io import fs
+from pipeline.io.outputs import RUN_STATE
 
 INDEX_NAME = "index.json"
 
@@ -31,7 +33,7 @@ class ShardRef:
 
 
 def manifest_dir(run_dir: str) -> str:
-    return fs.join(run_dir, "_run", "manifest")
+    return fs.join(run_dir, RUN_STATE, "manifest")
 
 
 def shard_name(index: int) -> str:
@@ -49,7 +51,7 @@ def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
-def plan_shards(layout: Layout, input_uri: str, options: LayoutOptions, run_dir: str, shard_size: int,
+def plan_shards(layout: Layout, input_uri: str, options: DataConfig, run_dir: str, shard_size: int,
                 s3: fs.S3Options | None = None, reuse: bool = False, expect_labels: bool = False,
                 limit: int | None = None) -> list[ShardRef]:
     """List the input once and return its shards, writing the manifest under `run_dir`.

@@ -14,19 +14,14 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from pipeline.datasets import ContainerLayout, Item, Layout, LayoutOptions
+from pipeline.config import DataConfig
+from pipeline.datasets import ContainerLayout, Item, Layout
 from pipeline.errors import InputError
 from pipeline.io import fs
 from pipeline.io.manifest import ShardRef, read_items
-from pipeline.stages import failure_message
+from pipeline.io.rows import SOURCE_SCHEMA, STORAGE_STAGE, failure_message
 
-SCHEMA = pa.schema([
-    ("shard", pa.int64()), ("row", pa.int64()), ("id", pa.string()), ("source", pa.string()),
-    ("label_source", pa.string()), ("image", pa.binary()), ("label", pa.binary()),
-    ("error_stage", pa.string()), ("error_class", pa.string()), ("error", pa.string()),
-])
 _IO_THREADS = 8
-STORAGE_STAGE = "storage"  # the storage failed (network, 5xx) after the client's retries: retried by --resume
 _NETWORK_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs")
 
 
@@ -95,7 +90,7 @@ def _read_item(shard: int, row: int, item: Item, expect_labels: bool, s3: fs.S3O
     return _row(shard, row, item.id, item.image, label_source, image, label)
 
 
-def read_shard(ref: ShardRef, layout: Layout, options: LayoutOptions, expect_labels: bool,
+def read_shard(ref: ShardRef, layout: Layout, options: DataConfig, expect_labels: bool,
                s3: fs.S3Options | None, skip_rows: frozenset[int], block_rows: int) -> Iterator[pa.Table]:
     """Blocks of at most `block_rows` rows of one shard, rows numbered in a stable order."""
     rows: list[dict] = []
@@ -107,7 +102,7 @@ def read_shard(ref: ShardRef, layout: Layout, options: LayoutOptions, expect_lab
             for future in futures:
                 rows.append(future.result())
                 if len(rows) >= block_rows:
-                    yield pa.Table.from_pylist(rows, schema=SCHEMA)
+                    yield pa.Table.from_pylist(rows, schema=SOURCE_SCHEMA)
                     rows = []
     else:
         if not isinstance(layout, ContainerLayout):
@@ -120,7 +115,7 @@ def read_shard(ref: ShardRef, layout: Layout, options: LayoutOptions, expect_lab
                 rows.append(_row(ref.index, i, sample.id, source, source, sample.image, sample.label, stage="read",
                                  error=None if sample.error is None else InputError(sample.error)))
                 if len(rows) >= block_rows:
-                    yield pa.Table.from_pylist(rows, schema=SCHEMA)
+                    yield pa.Table.from_pylist(rows, schema=SOURCE_SCHEMA)
                     rows = []
         except Exception as err:  # everything after the last good sample is one error
             if -1 not in skip_rows:
@@ -129,13 +124,13 @@ def read_shard(ref: ShardRef, layout: Layout, options: LayoutOptions, expect_lab
                                      f"({type(err).__name__}: {err}): re-create the shard")
                 rows.append(_row(ref.index, -1, fs.basename(ref.uri), ref.uri, ref.uri, stage="read", error=err))
     if rows:
-        yield pa.Table.from_pylist(rows, schema=SCHEMA)
+        yield pa.Table.from_pylist(rows, schema=SOURCE_SCHEMA)
 
 
 class ShardDatasource(Datasource):
     """A Datasource over precomputed shards (see `pipeline.io.manifest`)."""
 
-    def __init__(self, shards: list[ShardRef], layout: Layout, options: LayoutOptions, expect_labels: bool,
+    def __init__(self, shards: list[ShardRef], layout: Layout, options: DataConfig, expect_labels: bool,
                  s3: fs.S3Options | None, done_rows: Mapping[int, frozenset[int]] | None = None,
                  block_rows: int = 64) -> None:
         self._shards = shards
@@ -162,5 +157,5 @@ class ShardDatasource(Datasource):
             args = (ref, self._layout, self._options, self._expect_labels, self._s3, skip, self._block_rows)
             metadata = BlockMetadata(num_rows=None if ref.size is None else ref.size - len(skip),
                                      size_bytes=None, input_files=None, exec_stats=None)
-            tasks.append(ReadTask(lambda args=args: read_shard(*args), metadata, schema=SCHEMA))
+            tasks.append(ReadTask(lambda args=args: read_shard(*args), metadata, schema=SOURCE_SCHEMA))
         return tasks

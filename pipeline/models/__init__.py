@@ -30,6 +30,9 @@ class ModelFamily:
         input_divisor: H and W of the network input must be multiples of this (1 = any size).
         output_kind: "logits" (arg-max / sigmoid applied later) or "probabilities" (the net ends in a sigmoid).
         seed_parameters: parameter count of `default_config` as the seed table states it (None if absent).
+        recognises: `recognises(state_dict, metadata)`: whether a checkpoint is this family's (model inference).
+        converters: checkpoint file formats this family reads besides torch/safetensors, e.g.
+            {"keras-hdf5": bytes -> state_dict}; `pipeline.models.checkpoints` detects the format.
     """
 
     name: str
@@ -43,8 +46,20 @@ class ModelFamily:
     input_divisor: int = 1
     output_kind: Literal["logits", "probabilities"] = "logits"
     seed_parameters: int | None = None
-    notes: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    recognises: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] = lambda state_dict, metadata: False
+    converters: Mapping[str, Callable[[bytes], dict[str, Any]]] = field(default_factory=dict)
+
+
+def _has_key(key: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], bool]:
+    return lambda state_dict, metadata: key in state_dict
+
+
+def _has_prefix(prefix: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], bool]:
+    return lambda state_dict, metadata: any(k.startswith(prefix) for k in state_dict)
+
+
+def _file_format(name: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], bool]:
+    return lambda state_dict, metadata: metadata.get("format") == name
 
 
 MODELS: Registry[ModelFamily] = Registry("model")
@@ -62,9 +77,8 @@ MODELS.register("milesial", ModelFamily(
     default_processing="milesial-a013c80",
     default_input_size=(512, 512),  # where the seed table quotes FLOPs; upstream predict resizes by --scale
     input_divisor=1,
-    seed_parameters=31_037_698,
-    notes="Any input size (the up path pads to the skip size). "
-          "Released v3.0 weights: UNet(3, 2, bilinear=False).",
+    seed_parameters=31_037_698,  # any input size: the up path pads to the skip size
+    recognises=_has_key("inc.double_conv.0.weight"),
 ))
 MODELS.register("bubbliiiing-vgg16", ModelFamily(
     name="bubbliiiing-vgg16",
@@ -76,8 +90,8 @@ MODELS.register("bubbliiiing-vgg16", ModelFamily(
     default_processing="bubbliiiing",
     default_input_size=(512, 512),
     input_divisor=bubbliiiing.INPUT_DIVISOR,
-    seed_parameters=24_892_437,
-    notes="num_classes = object classes + background (21 for VOC).",
+    seed_parameters=24_892_437,  # num_classes = object classes + background (21 for VOC)
+    recognises=_has_prefix("vgg."),
 ))
 MODELS.register("bubbliiiing-resnet50", ModelFamily(
     name="bubbliiiing-resnet50",
@@ -89,12 +103,12 @@ MODELS.register("bubbliiiing-resnet50", ModelFamily(
     default_processing="bubbliiiing",
     default_input_size=(512, 512),
     input_divisor=bubbliiiing.INPUT_DIVISOR,
-    seed_parameters=43_934_101,
-    notes="num_classes = object classes + background (21 for VOC). "
-          "Max-pool k3 s2 p0 ceil_mode (not torchvision's).",
+    seed_parameters=43_934_101,  # max-pool k3 s2 p0 ceil_mode (not torchvision's)
+    recognises=_has_prefix("resnet."),
 ))
 
 from pipeline.models import zhixuhao  # noqa: E402
+from pipeline.models.checkpoints import KERAS_FORMAT  # noqa: E402
 
 MODELS.register("zhixuhao", ModelFamily(
     name="zhixuhao",
@@ -107,8 +121,9 @@ MODELS.register("zhixuhao", ModelFamily(
     default_input_size=(256, 256),
     input_divisor=zhixuhao.INPUT_DIVISOR,
     output_kind="probabilities",
-    seed_parameters=31_031_685,
-    notes="Keras model ported to torch; reads Keras .hdf5/.h5 files. Output: 1-channel sigmoid probability.",
+    seed_parameters=31_031_685,  # the Keras model ported to torch; output: a 1-channel sigmoid probability
+    recognises=_file_format(KERAS_FORMAT),
+    converters={KERAS_FORMAT: zhixuhao.state_dict_from_keras_file},
 ))
 
 from pipeline.models.loading import LoadedModel, create_model, load_model  # noqa: E402

@@ -26,6 +26,7 @@ from pipeline.io.fs import S3Options, read_bytes
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+KERAS_FORMAT = "keras-hdf5"  # metadata["format"] of a Keras HDF5 file (its family converts it)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 RESAVE_HINT = "Re-save the weights alone with `torch.save(model.state_dict(), path)`"
@@ -89,7 +90,7 @@ def read_checkpoint(uri: str, s3: S3Options | None = None) -> Checkpoint:
             f"Checkpoint {uri} is empty (0 bytes): the download or copy failed; fetch it again.")
     metadata: dict[str, Any]
     if data.startswith(HDF5_MAGIC):
-        state, metadata = _read_keras(uri, data), {"format": "keras-hdf5"}
+        state, metadata = _read_keras(uri, data), {"format": KERAS_FORMAT}
     elif _looks_like_safetensors(data):
         state, metadata = _read_safetensors(uri, data)
     else:
@@ -243,14 +244,15 @@ def _read_safetensors(uri: str, data: bytes) -> tuple[dict[str, torch.Tensor], d
 
 
 def _read_keras(uri: str, data: bytes) -> dict[str, torch.Tensor]:
+    """A Keras HDF5 file, converted by the model family that reads that format (`ModelFamily.converters`)."""
+    from pipeline.models import MODELS
+
+    converter = next((f.converters[KERAS_FORMAT] for _, f in MODELS.items() if KERAS_FORMAT in f.converters), None)
+    if converter is None:
+        raise CheckpointError(f"Checkpoint {uri} is a Keras HDF5 file, and no registered model family reads Keras "
+                              "files. Convert it to a torch state_dict first.")
     try:
-        from pipeline.models.zhixuhao import state_dict_from_keras_file
-    except ImportError as err:
-        raise CheckpointError(
-            f"Checkpoint {uri} is a Keras HDF5 file, but the Keras (zhixuhao) reader is not available in "
-            "this installation. Install the package with its h5py dependency.") from err
-    try:
-        return dict(state_dict_from_keras_file(data))
+        return dict(converter(data))
     except PipelineError:
         raise
     except Exception as err:

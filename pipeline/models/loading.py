@@ -101,22 +101,9 @@ def create_model(name: str, **config: Any) -> torch.nn.Module:
 
 
 def infer_family(state_dict: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str | None:
-    """The registered model whose keys these are, or None.
-
-    milesial: `inc.double_conv.0.weight`; bubbliiiing: keys starting `vgg.` / `resnet.`; Keras HDF5 files are
-    zhixuhao's; any other family may declare `extra["signature_key"]`.
-    """
-    if metadata and metadata.get("format") == "keras-hdf5":
-        return "zhixuhao"
-    if "inc.double_conv.0.weight" in state_dict:
-        return "milesial"
-    if any(k.startswith("vgg.") for k in state_dict):
-        return "bubbliiiing-vgg16"
-    if any(k.startswith("resnet.") for k in state_dict):
-        return "bubbliiiing-resnet50"
+    """The registered model whose checkpoint this is (the first family whose `recognises` says so), or None."""
     for name, family in MODELS.items():
-        signature = family.extra.get("signature_key")
-        if signature and signature in state_dict:
+        if family.recognises(state_dict, metadata or {}):
             return name
     return None
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
 from pipeline.processing.base import Prepared, Processing, to_network_input
-from pipeline.processing.bubbliiiing import BubbliiiingProcessing, letterbox_geometry, visualise
+from pipeline.processing.bubbliiiing import BubbliiiingProcessing, letterbox_geometry
 from pipeline.processing.fixed_size import ModelResProcessing, ResizeProcessing, ZhixuhaoProcessing
 from pipeline.processing.milesial import MilesialHeadProcessing, MilesialPinnedProcessing
 from pipeline.registry import Registry
@@ -90,6 +90,6 @@ def create_processing(name: str, *, family: ModelFamily, num_classes: int, in_ch
 
 __all__ = [
     "PROCESSINGS", "Prepared", "Processing", "ProcessingMode", "create_processing", "letterbox_geometry",
-    "to_network_input", "visualise", "BubbliiiingProcessing", "MilesialHeadProcessing",
+    "to_network_input", "BubbliiiingProcessing", "MilesialHeadProcessing",
     "MilesialPinnedProcessing", "ModelResProcessing", "ResizeProcessing", "ZhixuhaoProcessing",
 ]

@@ -8,6 +8,7 @@ strings, so it survives a JSON round trip.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +61,19 @@ def image_array(image: Image.Image) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array)
+
+
+@dataclass(frozen=True)
+class UpstreamPng:
+    """PNG bytes of the file the upstream predict script writes for a mask (`Processing.upstream_png`)."""
+
+    processing: Processing
+    mask_values: list[Any] | None = None
+
+    def __call__(self, classes: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        self.processing.upstream_png(classes, self.mask_values).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
 
 
 class Processing:
@@ -198,6 +212,10 @@ class Processing:
     def upstream_png(self, classes: np.ndarray, mask_values: list[Any] | None = None) -> Image.Image:
         """The mask as the upstream predict script would save it; here: class ids in mode 'L'."""
         return Image.fromarray(np.ascontiguousarray(classes, dtype=np.uint8))
+
+    def upstream_png_encoder(self, mask_values: list[Any] | None = None) -> UpstreamPng:
+        """A picklable `mask -> PNG bytes` of `upstream_png` (`--png-values upstream`)."""
+        return UpstreamPng(self, mask_values)
 
     # -- helpers for subclasses --------------------------------------------------------------------------
 

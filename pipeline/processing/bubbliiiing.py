@@ -1,4 +1,4 @@
-"""bubbliiiing/unet-pytorch's predict path (`Unet.get_miou_png` / `detect_image`), and its two pictures.
+"""bubbliiiing/unet-pytorch's predict path (`Unet.get_miou_png` / `detect_image`).
 
 Preprocessing: `cvtColor` (an image numpy sees as H x W x 3 is kept; any other mode is `convert('RGB')`ed:
 greyscale, palette, RGBA (alpha dropped), CMYK...; 16/32-bit and float images are rejected, because PIL's
@@ -11,14 +11,10 @@ the letterbox, bilinear resize of the *probabilities* to the original size (Open
 torch's half-pixel bilinear without antialias, equal to ~1e-6, so a handful of pixels can flip on near-ties),
 arg-max (first index on ties). A single-channel network (outside upstream, whose softmax over one channel is
 always 1) gets sigmoid > threshold instead.
-
-Pictures (`visualise`): mix_type 0 = VOC palette colours blended with the image at 0.7 (upstream default), 1 =
-the colours alone, 2 = the image where the class is not 0, black elsewhere.
 """
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +31,6 @@ if TYPE_CHECKING:
     from pipeline.models import ModelFamily
 
 CANVAS_GREY = (128, 128, 128)
-# unet.py's colours for up to 21 classes (VOC order, plus the 22nd entry upstream carries).
-VOC_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
-    (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
-    (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128),
-    (128, 64, 12),
-)
-BLEND_ALPHA = 0.7
 
 
 def letterbox_geometry(image_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -69,45 +57,6 @@ def cvt_color(image: Image.Image) -> Image.Image:
     except (ValueError, OSError) as err:
         raise InputError(f"The {image.mode!r} image cannot be converted to RGB ({err}): save it as an "
                          "8-bit RGB image.") from err
-
-
-def colours(num_classes: int) -> list[tuple[int, int, int]]:
-    """unet.py's class colours: VOC's for up to 21 classes, else hues hsv(i / n, 1, 1) * 255 truncated."""
-    if num_classes <= 21:
-        return list(VOC_COLOURS)
-    rgb = [colorsys.hsv_to_rgb(i / num_classes, 1.0, 1.0) for i in range(num_classes)]
-    return [(int(r * 255), int(g * 255), int(b * 255)) for r, g, b in rgb]
-
-
-def visualise(image: Image.Image, classes: np.ndarray, num_classes: int, mix_type: int = 0) -> Image.Image:
-    """`detect_image`'s picture of a mask.
-
-    Args:
-        image: the original image (any mode; converted as `cvtColor` does).
-        classes: (H, W) uint8 class indices at the image's size.
-        num_classes: the model's classes (chooses the colour table).
-        mix_type: 0 = colours blended with the image at 0.7; 1 = colours only; 2 = image where class != 0.
-
-    Returns:
-        An RGB PIL image of the image's size.
-    """
-    original = cvt_color(image)
-    if original.mode != "RGB":
-        original = original.convert("RGB")
-    classes = np.asarray(classes)
-    if classes.shape != (original.size[1], original.size[0]):
-        raise InputError(f"The mask is {classes.shape[1]}x{classes.shape[0]} but the image is "
-                         f"{original.size[0]}x{original.size[1]}: pass the mask `finish` returned for this "
-                         "image.")
-    if mix_type == 2:
-        kept = (classes != 0)[:, :, None] * np.asarray(original, dtype=np.float32)
-        return Image.fromarray(kept.astype(np.uint8))
-    if mix_type not in (0, 1):
-        raise ConfigError(f"Expected mix_type 0 (blend), 1 (colours) or 2 (image where class != 0), got "
-                          f"{mix_type!r}.")
-    table = np.array(colours(num_classes), dtype=np.uint8)
-    coloured = Image.fromarray(table[classes])
-    return coloured if mix_type == 1 else Image.blend(original, coloured, BLEND_ALPHA)
 
 
 class BubbliiiingProcessing(Processing):
@@ -159,7 +108,3 @@ class BubbliiiingProcessing(Processing):
             hwc = tensor.permute(1, 2, 0)[top:top + nh, left:left + nw]
             cropped = torch.softmax(hwc, dim=-1).permute(2, 0, 1).contiguous()
         return ops.argmax_channels(ops.resize_bilinear(cropped, size))
-
-    def visualise(self, image: Image.Image, classes: np.ndarray, mix_type: int = 0) -> Image.Image:
-        """`detect_image`'s picture (see the module function `visualise`)."""
-        return visualise(image, classes, self.num_classes_out, mix_type)

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 
 from pipeline.io import fs
+from pipeline.io.outputs import ERRORS
 
-ERRORS_FILE = "errors.jsonl"
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ErrorKind:
 
 def summarize_errors(output: str, s3: fs.S3Options | None = None, examples: int = 3) -> list[ErrorKind] | None:
     """Kinds of error, most frequent first; None when the run has no errors.jsonl."""
-    uri = fs.join(output, ERRORS_FILE)
+    uri = fs.join(output, ERRORS)
     storage = fs.storage_for(uri, s3)
     if not storage.exists(uri):
         return None

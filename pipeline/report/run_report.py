@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.io import fs
 from pipeline.io.images import palette
-from pipeline.io.sink import safe_name
+from pipeline.io.outputs import METRICS, REPORT_STEM, safe_name
 from pipeline.report.document import Document, Figure, Gallery, Section, Table, write_document
 from pipeline.report.errors_summary import summarize_errors
 from pipeline.report.plots import ConfusionScale, class_legend, confusion_heatmap, format_count, per_class_iou_chart
@@ -25,8 +25,6 @@ from pipeline.report.sources import RunSources
 from pipeline.report.thumbnails import comparison_strip
 from pipeline.report.worst import mask_files, read_predictions, select_worst
 
-METRICS_FILE = "metrics.json"
-REPORT_STEM = "report"
 ERROR_EXAMPLES = 3
 NEEDS_PARQUET = ("This run wrote no Parquet mask shards (it ran with --format png), and the worst images are chosen "
                  "from the per-image IoU stored there. Run `score` with `--format parquet` or `--format both` to get "
@@ -36,15 +34,15 @@ NEEDS_PARQUET = ("This run wrote no Parquet mask shards (it ran with --format pn
 def run_folder(uri: str) -> str:
     """A run's output folder from the folder itself or its metrics.json URI."""
     uri = fs.normalize(uri)
-    return uri[: -len(METRICS_FILE) - 1] if fs.basename(uri) == METRICS_FILE else uri
+    return uri[: -len(METRICS) - 1] if fs.basename(uri) == METRICS else uri
 
 
 def load_metrics(output: str, s3: fs.S3Options | None = None) -> dict[str, Any]:
     """The run's metrics.json; a clear error when the folder is not a finished `score` run."""
-    uri = fs.join(output, METRICS_FILE)
+    uri = fs.join(output, METRICS)
     if not fs.storage_for(uri, s3).exists(uri):
         raise ConfigError(
-            f"No {METRICS_FILE} in {output}: a report needs the output folder of a finished `unet-pipeline score` "
+            f"No {METRICS} in {output}: a report needs the output folder of a finished `unet-pipeline score` "
             "run (the folder given to --output). `predict` runs have no labels, hence no report."
         )
     metrics = json.loads(fs.read_bytes(uri, s3))
@@ -213,6 +211,6 @@ def report_after_run(output: str, metrics: dict[str, Any], s3: fs.S3Options | No
         return write_report(output, s3, metrics=metrics)
     except Exception as err:
         warnings.warn(f"report.html was not written ({type(err).__name__}: {err}). The scores are in "
-                      f"{fs.join(output, METRICS_FILE)}; make the report with `unet-pipeline report {output}`.",
+                      f"{fs.join(output, METRICS)}; make the report with `unet-pipeline report {output}`.",
                       stacklevel=2)
         return None

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets import LAYOUTS, ContainerLayout, LabelRule, Layout, LayoutOptions
+from pipeline.config import DataConfig, section_from
+from pipeline.datasets import LAYOUTS, ContainerLayout, LabelRule, Layout
 from pipeline.errors import PipelineError
 from pipeline.io import fs
 from pipeline.io.images import DEFAULT_MAX_PIXELS, open_image
@@ -40,7 +41,7 @@ class RunSources:
         self.output = output
         self.s3 = s3
         self.layout: Layout = LAYOUTS.get(metrics["dataset"]["layout"])
-        self.options = LayoutOptions.of_run(config, metrics.get("model", {}).get("mask_values"))
+        self.options = section_from(config, DataConfig).with_mask_values(metrics.get("model", {}).get("mask_values"))
         self.rule: LabelRule = self.layout.label_rule(len(metrics["class_names"]), self.options)
         self.max_pixels = int(config.get("max_pixels") or DEFAULT_MAX_PIXELS)
 

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import fs
+from pipeline.io.outputs import MASKS
 from pipeline.io.images import decode_png_mask
 
-MASKS_DIR = "masks"
 CHOICE_COLUMNS = ("id", "source", "iou")
 MASK_COLUMNS = ("mask_png", "shard", "row")
 READ_THREADS = 16  # files read at once: S3 latency, not bandwidth, bounds a listing of small files
@@ -56,7 +56,7 @@ class PredictedRow:
 def mask_files(output: str, s3: fs.S3Options | None = None) -> list[str]:
     """The run's Parquet mask shards, `<output>/masks/part-*.parquet`, sorted."""
     storage = fs.storage_for(output, s3)
-    return sorted(uri for page in storage.iter_files(fs.join(output, MASKS_DIR)) for uri in page
+    return sorted(uri for page in storage.iter_files(fs.join(output, MASKS)) for uri in page
                   if fs.basename(uri).startswith("part-") and uri.endswith(".parquet"))
 
 

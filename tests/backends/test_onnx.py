@@ -16,6 +16,7 @@ from PIL import Image
 
 import factories
 from pipeline.backends import BackendSpec, PrepareContext, create_backend, prepare_backend
+from pipeline.config import BackendConfig
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.export.onnx import export_onnx
@@ -134,8 +135,9 @@ def test_int8_is_per_channel_qdq_with_7_bit_weights_and_methods_differ(checkpoin
 def _context(tmp_path: Path, images: list[np.ndarray], method: str = "entropy") -> PrepareContext:
     from pipeline.processing.base import to_network_input
 
-    return PrepareContext(to_network_input=to_network_input, sample_images=lambda n: images[:n],
-                          cache_dir=str(tmp_path / "cache"), calibration=method, calibration_images=4)
+    return PrepareContext(settings=BackendConfig(calibration=method, calibration_images=4),
+                          to_network_input=to_network_input, sample_images=lambda n: images[:n],
+                          cache_dir=str(tmp_path / "cache"))
 
 
 def test_backend_through_prepare_and_create(checkpoints, tmp_path):
@@ -199,7 +201,7 @@ def dataset(tmp_path_factory) -> Path:
 def _run(dataset: Path, output: Path, checkpoint: str, **changes):
     from pipeline.run import run
 
-    config = RunConfig(input=str(dataset), output=str(output), checkpoint=checkpoint, model="milesial", scale=1.0,
+    config = RunConfig.create(input=str(dataset), output=str(output), checkpoint=checkpoint, model="milesial", scale=1.0,
                        num_cpus_per_actor=0.5, progress=False, report=False, **changes)
     return run(config)
 

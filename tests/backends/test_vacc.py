@@ -17,6 +17,7 @@ import pytest
 
 from fake_vamc import compile_fake_vacc_model, put_fake_sdk_on_path
 from pipeline.backends import BackendSpec, PrepareContext, create_backend, prepare_backend
+from pipeline.config import BackendConfig
 from pipeline.backends.vacc_dies import DieClaim, resource_share
 from pipeline.errors import BackendUnavailable, ConfigError
 from pipeline.processing.base import to_network_input
@@ -59,8 +60,8 @@ def backends():
 
 
 def prepare(vacc_model: str | None, *, batch_size: int = 4, actors_per_die: int = 1, **options) -> BackendSpec:
-    context = PrepareContext(to_network_input=to_network_input, sample_images=lambda n: [], cache_dir="unused",
-                             vacc_model=vacc_model, actors_per_die=actors_per_die)
+    context = PrepareContext(settings=BackendConfig(vacc_model=vacc_model, actors_per_die=actors_per_die),
+                             to_network_input=to_network_input, sample_images=lambda n: [], cache_dir="unused")
     return prepare_backend(BackendSpec(name="vacc", batch_size=batch_size, options=options), context)
 
 

@@ -21,6 +21,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 import factories
 from fake_vamc import compile_fake_vacc_model, put_fake_sdk_on_path
 from pipeline.backends import BackendSpec, PrepareContext, prepare_backend
+from pipeline.config import BackendConfig
 from pipeline.config import RunConfig
 from pipeline.errors import BackendUnavailable
 from pipeline.models import MODELS
@@ -68,8 +69,8 @@ def test_two_actors_get_distinct_dies_and_a_killed_actors_die_is_claimed_again(r
     spec = prepare_backend(
         BackendSpec(name="vacc", options={"vacc_lock_dir": str(tmp_path / "locks"),
                                           "vacc_vdsp_params": compiled.vdsp_params}),
-        PrepareContext(to_network_input=to_network_input, sample_images=lambda n: [], cache_dir="unused",
-                       vacc_model=compiled.prefix))
+        PrepareContext(settings=BackendConfig(vacc_model=compiled.prefix), to_network_input=to_network_input,
+                       sample_images=lambda n: [], cache_dir="unused"))
     holder = _die_holder(ray_session)
     first, second = holder.remote(spec), holder.remote(spec)
     (die_a, pid_a), (die_b, pid_b) = ray_session.get([first.die.remote(), second.die.remote()], timeout=120)
@@ -98,7 +99,7 @@ def test_score_run_on_fake_vacc_gives_the_masks_and_metrics_the_numerics_imply(r
     items = [(f"img{i}", *factories.make_sample_pair(700 + i, SIZES[i])) for i in range(len(SIZES))]
     data = factories.write_pairs(tmp_path / "data", items)
     output = str(tmp_path / "out")
-    config = RunConfig(
+    config = RunConfig.create(
         command="score", input=str(data), output=output, layout="pairs", model="milesial", checkpoint=checkpoint,
         processing="resize", input_size=(64, 64), backend="vacc", vacc_model=compiled.prefix, batch_size=4,
         shard_size=3, progress=False, report=False,
@@ -130,7 +131,7 @@ def test_score_run_on_fake_vacc_gives_the_masks_and_metrics_the_numerics_imply(r
 def test_without_the_sdk_a_vacc_run_fails_before_writing_anything(ray_session, checkpoint, compiled, tmp_path):
     items = [("img0", *factories.make_sample_pair(700, (64, 64)))]
     data = factories.write_pairs(tmp_path / "data", items)
-    config = RunConfig(command="score", input=str(data), output=str(tmp_path / "out"), layout="pairs",
+    config = RunConfig.create(command="score", input=str(data), output=str(tmp_path / "out"), layout="pairs",
                        model="milesial", checkpoint=checkpoint, processing="resize", input_size=(64, 64),
                        backend="vacc", vacc_model=compiled.prefix, progress=False, report=False)
     with pytest.raises(BackendUnavailable, match=r"pip install vaststreamx-.*--backend torch or --backend onnx"):
@@ -146,7 +147,7 @@ def test_a_cluster_without_a_vacc_resource_is_refused_instead_of_waiting_forever
                         lambda: {k: v for k, v in resources.items() if k != "VACC"})  # as a CPU-only local Ray
     items = [("img0", *factories.make_sample_pair(700, (64, 64)))]
     data = factories.write_pairs(tmp_path / "data", items)
-    config = RunConfig(command="score", input=str(data), output=str(tmp_path / "out"), layout="pairs",
+    config = RunConfig.create(command="score", input=str(data), output=str(tmp_path / "out"), layout="pairs",
                        model="milesial", checkpoint=checkpoint, processing="resize", input_size=(64, 64),
                        backend="vacc", vacc_model=compiled.prefix, progress=False, report=False)
     with pytest.raises(BackendUnavailable, match=r"declares no VACC resource.*ray start --head --resources="):

@@ -37,12 +37,27 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["score", "predict", "bench", "report", "table", "export", "models", "layouts",
-                                     "processings"])
-def test_every_command_has_help(command):
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_has_help_and_is_in_the_readme(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+    assert f"| `{command}" in (ROOT / "README.md").read_text(), f"README's command table lacks `{command}`"
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_refuses_an_unknown_option(command):
+    result = CliRunner().invoke(cli, [command, "--no-such-option"])
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
+def test_registry_choices_reach_the_cli():
+    from pipeline.backends import BACKENDS
+
+    options = {p.name: p for p in cli.commands["score"].params}
+    assert list(options["backend"].type.choices) == BACKENDS.names()
+    precisions = {p for _, entry in BACKENDS.items() for p in entry.precisions}
+    assert set(options["precision"].type.choices) == precisions
 
 
 @pytest.mark.parametrize("command", ["score", "predict", "bench"])

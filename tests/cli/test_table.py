@@ -14,7 +14,9 @@ from PIL import Image
 import factories
 from pipeline.cli import cli
 from pipeline.models.figures import model_figures
-from pipeline.table import TableSpec, _dataset_for, binary_builtin_dataset, parse_shapes, parse_variants
+from pipeline.backends.variants import parse_variants
+from pipeline.sizes import parse_sizes
+from pipeline.table import TableSpec, _dataset_for, binary_builtin_dataset
 from reference_weights import write_deterministic_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -102,8 +104,12 @@ def test_builtin_dataset_folds_classes_for_single_output_models(tmp_path, monkey
 def test_variant_and_shape_parsing():
     assert [(v.backend, v.precision) for v in parse_variants("torch:fp32, onnx:int8")] == [("torch", "fp32"),
                                                                                          ("onnx", "int8")]
-    assert parse_shapes("256,256x320") == ((256, 256), (256, 320)) and parse_shapes(None) == (None,)
+    assert parse_sizes("256,256x320") == ((256, 256), (256, 320)) and parse_sizes(None) == (None,)
     from pipeline.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="backend:precision"):
+    with pytest.raises(ConfigError, match="Unknown backend 'onnx-int8'. Did you mean 'onnx'"):
         parse_variants("onnx-int8")
+    with pytest.raises(ConfigError, match="--backend torch runs --precision fp32 | fp16, not 'int8'"):
+        parse_variants("torch:int8")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_variants("torch:fp32:channels_last")

@@ -37,7 +37,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipeline.backends.vacc_dies import resource_share  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
-from pipeline.io.sink import parts_dir  # noqa: E402
+from pipeline.io.outputs import parts_dir  # noqa: E402
 from pipeline.ray_env import ensure_ray  # noqa: E402
 from pipeline.run import run  # noqa: E402
 

@@ -11,15 +11,16 @@ from PIL import Image
 from factories import (
     samples, write_carvana, write_folder, write_isbi, write_pairs, write_parquet, write_voc, write_webdataset,
 )
-from pipeline.datasets import LAYOUTS, LayoutOptions
+from pipeline.config import DataConfig
+from pipeline.datasets import LAYOUTS
 from pipeline.errors import ConfigError, InputError
 from pipeline.io.manifest import plan_shards, read_items
 from pipeline.io.source import read_shard
 
-OPTIONS = LayoutOptions()
+OPTIONS = DataConfig()
 
 
-def _label(layout_name: str, data: bytes, num_classes: int, options: LayoutOptions = OPTIONS) -> np.ndarray:
+def _label(layout_name: str, data: bytes, num_classes: int, options: DataConfig = OPTIONS) -> np.ndarray:
     rule = LAYOUTS.get(layout_name).label_rule(num_classes, options)
     return rule(Image.open(io.BytesIO(data)))
 
@@ -39,11 +40,11 @@ def test_pairs_lists_items_and_reports_orphan_labels(tmp_path):
 def test_voc_reads_ids_from_the_split_file(tmp_path):
     items = samples(3)
     root = write_voc(tmp_path / "voc", items, split="val")
-    listed = list(LAYOUTS.get("voc").items(str(root), LayoutOptions(split="val")))
+    listed = list(LAYOUTS.get("voc").items(str(root), DataConfig(split="val")))
     assert [i.id for i in listed] == [i for i, _, _ in items]
     assert listed[0].image.endswith("VOC2012/JPEGImages/s0500.jpg")
     with pytest.raises(ConfigError, match="--split"):
-        list(LAYOUTS.get("voc").items(str(root), LayoutOptions(split="train")))
+        list(LAYOUTS.get("voc").items(str(root), DataConfig(split="train")))
     data = (root / "VOCdevkit/VOC2012/SegmentationClass/s0500.png").read_bytes()
     np.testing.assert_array_equal(_label("voc", data, 21), items[0][2])
 
@@ -75,7 +76,7 @@ def test_label_values_outside_the_classes_are_errors():
         _label("pairs", buffer.getvalue(), 4)
     np.testing.assert_array_equal(_label("pairs", buffer.getvalue(), 8), np.array([[0, 1], [7, 255]]))
     with pytest.raises(InputError, match=r"values \[1\] that are not classes"):
-        _label("pairs", buffer.getvalue(), 2, LayoutOptions(label_values=(0, 7)))
+        _label("pairs", buffer.getvalue(), 2, DataConfig(label_values=(0, 7)))
 
 
 def test_label_values_map_raw_values_to_classes():
@@ -83,7 +84,7 @@ def test_label_values_map_raw_values_to_classes():
     raw = Image.fromarray(np.array([[0, 7], [7, 255]], np.uint8), "L")
     buffer = io.BytesIO()
     raw.save(buffer, format="PNG")
-    mapped = _label("pairs", buffer.getvalue(), 2, LayoutOptions(label_values=(0, 7)))
+    mapped = _label("pairs", buffer.getvalue(), 2, DataConfig(label_values=(0, 7)))
     np.testing.assert_array_equal(mapped, np.array([[0, 1], [1, 255]]))
 
 

@@ -44,7 +44,7 @@ def base_config(input_uri: str, output: str, checkpoint: str, **changes) -> RunC
                     checkpoint=checkpoint, processing="upstream", scale=1.0, format="both", shard_size=SHARD_SIZE,
                     batch_size=2, progress=False, report=False)
     settings.update(changes)
-    return RunConfig(**settings)
+    return RunConfig.create(**settings)
 
 
 @dataclass

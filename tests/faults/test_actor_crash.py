@@ -12,7 +12,8 @@ from faults.crashing_backend import image_digest
 from faults.support import GOOD_COUNT, assert_same_results, base_config, clean_reference, good_items, read_outputs
 from pipeline.models import load_model
 from pipeline.processing import create_processing
-from pipeline.run import INFERENCE_TASK_RETRIES, RunFailed, run
+from pipeline.results import RunFailed
+from pipeline.run import INFERENCE_TASK_RETRIES, run
 
 pytestmark = pytest.mark.integration
 BACKEND = "tests.faults.crashing_backend:FaultyBackend"

@@ -22,7 +22,8 @@ from faults.support import GOOD_COUNT, Outputs, assert_same_results, base_config
 from pipeline.config import RunConfig
 from pipeline.models import MODELS
 from pipeline.processing import create_processing
-from pipeline.run import RunFailed, _check_error_limit, run
+from pipeline.results import RunFailed, check_error_limit
+from pipeline.run import run
 from pipeline.stages import preprocess_batch
 
 
@@ -107,12 +108,12 @@ def test_s3_run_equals_the_good_images_alone(dataset, s3_run):
 @pytest.mark.parametrize(("limit", "fails"), [(21, False), (20, True), (21 / 31 + 1e-9, False), (0.6, True),
                                               (None, False)])
 def test_max_errors_is_a_count_or_a_fraction(limit, fails):
-    config = RunConfig(input="in", output="out", checkpoint="c.pth", max_errors=limit)
+    config = RunConfig.create(input="in", output="out", checkpoint="c.pth", max_errors=limit)
     if fails:
         with pytest.raises(RunFailed, match=r"21 of 31 inputs failed \(decode: 21\)"):
-            _check_error_limit(config, 31, 21, {"decode": 21})
+            check_error_limit(config.execution.max_errors, 31, 21, {"decode": 21})
     else:
-        _check_error_limit(config, 31, 21, {"decode": 21})
+        check_error_limit(config.execution.max_errors, 31, 21, {"decode": 21})
 
 
 def _batch(images: dict[str, bytes]) -> dict[str, np.ndarray]:

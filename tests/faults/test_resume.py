@@ -23,7 +23,11 @@ from faults.support import (
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
 from pipeline.io.manifest import ShardRef
-from pipeline.run import RunFailed, _check_every_input_accounted, _done_rows, _remove_orphan_parts, run
+from pipeline.io.commits import PartRecord
+from pipeline.metrics import ConfusionAccumulator
+from pipeline.resume import check_every_input_accounted, done_rows, remove_orphan_files
+from pipeline.results import RunFailed
+from pipeline.run import run
 
 SLOW_BACKEND = {"backend": "tests.faults.crashing_backend:FaultyBackend",
                 "backend_options": {"seconds_per_batch": 0.25}}  # the run lasts long enough to be cut mid-way
@@ -88,22 +92,23 @@ def test_a_killed_run_resumes_to_the_same_results(tmp_path_factory, tmp_path, ra
         run(config.replace(resume=True, threshold=0.3))
 
 
-def _part(name: str, shard: int, rows: list[int], files: list[str] = ()) -> dict:
-    return {"part": name, "shard": shard, "rows": rows, "files": list(files)}
+def _part(name: str, shard: int, rows: list[int], files: list[str] = ()) -> PartRecord:
+    return PartRecord(part=name, shard=shard, rows=tuple(rows), num_ok=len(rows), num_errors=0,
+                      scores=ConfusionAccumulator(2), errors=(), files=tuple(files), committed=True)
 
 
 def test_a_row_committed_twice_stops_a_resume():
     with pytest.raises(PipelineError, match="part-b commits rows of shard 0"):
-        _done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [1, 2])], "out")
-    assert _done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [2]), _part("part-c", 1, [0])], "out") == {
+        done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [1, 2])], "out")
+    assert done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [2]), _part("part-c", 1, [0])], "out") == {
         0: {0, 1, 2}, 1: {0}}
 
 
 def test_inputs_without_a_result_or_an_error_fail_the_run():
     shards = [ShardRef(0, "m0", "items", 2), ShardRef(1, "m1", "items", 2), ShardRef(2, "c.parquet", "container", None)]
-    _check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0]), _part("c", 1, [1])])
+    check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0]), _part("c", 1, [1])])
     with pytest.raises(RunFailed, match=r"missing rows shard 1: 1.*--resume"):
-        _check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0])])
+        check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0])])
 
 
 def test_mask_files_no_part_names_are_removed(tmp_path):
@@ -111,7 +116,7 @@ def test_mask_files_no_part_names_are_removed(tmp_path):
     masks.mkdir()
     for name in ("part-000000-000001.parquet", "part-000001-000001.parquet"):
         (masks / name).write_bytes(b"x")
-    _remove_orphan_parts(str(tmp_path), [_part("p", 0, [0], [str(masks / "part-000000-000001.parquet")])], None)
+    remove_orphan_files(str(tmp_path), [_part("p", 0, [0], [str(masks / "part-000000-000001.parquet")])], None)
     assert [p.name for p in masks.iterdir()] == ["part-000000-000001.parquet"]
 
 
@@ -128,3 +133,46 @@ def test_a_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
         fs.write_bytes(str(target), b"new part that never lands")
     assert target.read_bytes() == b"complete old part"
     assert [p.name for p in target.parent.iterdir()] == [target.name], "the temporary file is cleaned up"
+
+
+@pytest.mark.parametrize("change", [
+    {"calibration": "minmax"}, {"calibration_images": 8}, {"vacc_model": "deploy/unet-int8/mod"},
+    {"backend_options": {"channels_last": 0}}, {"precision": "fp16"}, {"threshold": 0.3},
+])
+def test_resume_refuses_settings_that_change_results(tmp_path, change):
+    from pipeline.resume import check_resume_settings
+
+    config = base_config("in", str(tmp_path / "out"), "c.pth")
+    check_resume_settings(config, "sha", None)  # the first attempt records its settings
+    key = next(iter(change))
+    with pytest.raises(ConfigError, match=f"other settings \\({key}: "):
+        check_resume_settings(config.replace(resume=True, **change), "sha", None)
+    with pytest.raises(ConfigError, match="checkpoint_sha256"):
+        check_resume_settings(config.replace(resume=True), "another sha", None)
+
+
+def test_resume_accepts_settings_that_change_nothing_and_keeps_the_run_id(tmp_path):
+    from pipeline.history import new_run_id
+    from pipeline.resume import check_resume_settings
+
+    config = base_config("in", str(tmp_path / "out"), "c.pth")
+    check_resume_settings(config, "sha", None)
+    faster = config.replace(resume=True, batch_size=16, concurrency=1, shard_size=4, max_errors=3)
+    check_resume_settings(faster, "sha", None)
+    assert new_run_id(faster)[-8:] == new_run_id(config)[-8:]
+
+
+@pytest.mark.integration
+def test_a_resume_with_another_calibration_is_refused_end_to_end(tmp_path_factory, tmp_path, ray_session):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    reference = clean_reference(tmp_path_factory)
+    args = ["score", "-m", "milesial", "-c", reference.checkpoint, "-i", str(reference.data), "-o",
+            str(tmp_path / "out"), "--scale", "1.0", "--limit", "4", "--no-report", "--no-progress"]
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    refused = CliRunner().invoke(cli, [*args, "--resume", "--calibration", "minmax"])
+    assert refused.exit_code != 0 and "calibration: 'entropy' -> 'minmax'" in str(refused.exception)
+    accepted = CliRunner().invoke(cli, [*args, "--resume", "--batch-size", "1"], catch_exceptions=False)
+    assert accepted.exit_code == 0

@@ -29,9 +29,10 @@ from faults.support import ROOT, base_config, make_checkpoint, read_outputs
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
 from pipeline.io import fs
-from pipeline.io.sink import MaskSink, SinkSettings, safe_name
+from pipeline.io.outputs import safe_name
+from pipeline.io.rows import pack
+from pipeline.io.sink import MaskSink, SinkSettings
 from pipeline.run import run
-from pipeline.stages import pack
 
 NASTY_IDS = [
     "../escape", "../../../../../../tmp/evil", "/etc/passwd", "/abs/dir/x", "a/b/c", "a/../../b", "..", ".",
@@ -104,7 +105,7 @@ def test_the_sink_keeps_every_id_inside_the_output(tmp_path, where, request):
     assert all(uri.startswith(output + "/") for uri in written), written
     pngs = sorted(fs.basename(uri) for uri in written if "/png/" in uri)
     assert pngs == sorted(safe_name(i) + ".png" for i in NASTY_IDS)
-    table = pq.read_table(io.BytesIO(fs.read_bytes(sink.parts[0]["files"][-1])))
+    table = pq.read_table(io.BytesIO(fs.read_bytes(sink.parts[0].files[-1])))
     assert table.column("id").to_pylist() == NASTY_IDS, "the ids themselves are kept, unchanged, in Parquet"
 
 

@@ -10,10 +10,10 @@ import pytest
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.history import (
-    append_history, config_hash, evaluate_gate, find_baseline, new_run_id, read_history, run_output, with_run_id,
+    append_history, evaluate_gate, find_baseline, new_run_id, read_history, run_output, with_run_id,
 )
 
-BASE = RunConfig(input="/data/val", output="/runs/nightly", checkpoint="/models/unet.pth")
+BASE = RunConfig.create(input="/data/val", output="/runs/nightly", checkpoint="/models/unet.pth")
 
 
 def _record(run_id: str, miou: float | None, status: str = "passed", dataset: str = "/data/val",
@@ -25,17 +25,21 @@ def _record(run_id: str, miou: float | None, status: str = "passed", dataset: st
 def test_run_id_is_utc_time_plus_a_hash_of_what_decides_the_results():
     moment = datetime(2026, 11, 24, 2, 0, 5, tzinfo=timezone.utc)
     run_id = new_run_id(BASE, moment)
-    assert run_id == f"20261124T020005Z-{config_hash(BASE)}" and len(config_hash(BASE)) == 8
+    assert run_id == f"20261124T020005Z-{BASE.config_hash()}" and len(BASE.config_hash()) == 8
     # Where the run writes or how it is gated does not change the hash; what it computes does.
-    assert config_hash(BASE.replace(output="s3://b/x", history="h.jsonl", baseline="last-good")) == config_hash(BASE)
-    assert config_hash(BASE.replace(checkpoint="/models/other.pth")) != config_hash(BASE)
-    assert config_hash(BASE.replace(shard_size=8)) != config_hash(BASE)
+    assert BASE.replace(output="s3://b/x", history="h.jsonl", baseline="last-good").config_hash() == BASE.config_hash()
+    assert BASE.replace(checkpoint="/models/other.pth").config_hash() != BASE.config_hash()
+    for changes_nothing in ({"shard_size": 8}, {"batch_size": 16}, {"concurrency": 3}, {"max_errors": 5}):
+        assert BASE.replace(**changes_nothing).config_hash() == BASE.config_hash(), changes_nothing
+    for changes_results in ({"calibration": "minmax"}, {"calibration_images": 8}, {"vacc_model": "m/mod"},
+                            {"backend_options": {"channels_last": 0}}, {"precision": "fp16"}, {"limit": 3}):
+        assert BASE.replace(**changes_results).config_hash() != BASE.config_hash(), changes_results
 
 
 def test_tracked_runs_write_under_their_run_id():
     assert with_run_id(BASE) is BASE  # untracked: no id, writes to --output as given
     tracked = with_run_id(BASE.replace(history="/runs/history.jsonl"))
-    assert tracked.run_id.endswith(config_hash(BASE)) and run_output(tracked) == f"/runs/nightly/{tracked.run_id}"
+    assert tracked.tracking.run_id.endswith(BASE.config_hash()) and run_output(tracked) == f"/runs/nightly/{tracked.tracking.run_id}"
     assert run_output(BASE.replace(run_id="nightly-7")) == "/runs/nightly/nightly-7"
     assert run_output(BASE.replace(output="s3://bucket/runs", run_id="r1")) == "s3://bucket/runs/r1"
     with pytest.raises(ConfigError, match="--run-id '../escape'"):

@@ -108,9 +108,9 @@ def test_job_commands_name_existing_entry_points_and_options():
         params = dict(context.params)
         params.pop("as_json")
         config = build_config(command_name, params, explicit_params(context))  # and the settings must agree
-        assert config.input.startswith("s3://") and config.output.startswith("s3://")
-        if config.baseline:
-            assert config.history, "a gated job needs its history"
+        assert config.data.input.startswith("s3://") and config.output.uri.startswith("s3://")
+        if config.tracking.baseline:
+            assert config.tracking.history, "a gated job needs its history"
 
 
 def test_raycluster_has_cpu_workers_and_a_vacc_group_and_s3_from_a_secret():

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
+from pipeline.io.commits import PartRecord, write_record
 from pipeline.io.manifest import ShardRef
+from pipeline.io.outputs import part_name
+from pipeline.io.rows import ErrorRecord
+from pipeline.metrics import ConfusionAccumulator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,11 +23,12 @@ def _load_progress_module():
 
 
 def _commit(output: Path, shard: int, first_row: int, num_ok: int, num_errors: int) -> None:
-    parts = output / "_run" / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    record = {"part": f"part-{shard:06d}-{first_row + 1:06d}", "shard": shard, "num_ok": num_ok,
-              "num_errors": num_errors, "rows": list(range(first_row, first_row + num_ok + num_errors))}
-    (parts / f"{record['part']}.json").write_text(json.dumps(record))
+    """Commit a part the way the sink does."""
+    rows = tuple(range(first_row, first_row + num_ok + num_errors))
+    errors = tuple(ErrorRecord(shard, row, f"id{row}", "src", "", "decode", "InputError", "bad")
+                   for row in rows[num_ok:])
+    write_record(str(output), PartRecord(part_name(shard, first_row), shard, rows, num_ok, num_errors,
+                                         ConfusionAccumulator(2), errors, (), True), None)
 
 
 def test_lines_count_committed_shards_inputs_and_errors(tmp_path):

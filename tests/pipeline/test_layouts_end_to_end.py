@@ -23,7 +23,7 @@ import factories
 from conftest import upload_tree
 from pipeline.config import RunConfig
 from pipeline.io import fs
-from pipeline.io.sink import safe_name
+from pipeline.io.outputs import safe_name
 from pipeline.models import create_model, load_model
 from pipeline.processing import create_processing
 from pipeline.run import run
@@ -153,7 +153,7 @@ def _score_and_check(case: Case, data_root: Path, input_uri: str, output: str, c
     num_classes = 2 if case.binary else 4
     checkpoint = checkpoints[(case.in_channels, num_classes)]
     command = "predict" if case.layout == "folder" else "score"
-    config = RunConfig(command=command, input=input_uri, output=output, layout=case.layout, model="milesial",
+    config = RunConfig.create(command=command, input=input_uri, output=output, layout=case.layout, model="milesial",
                        checkpoint=checkpoint, processing="upstream", scale=1.0, format="both", shard_size=2,
                        batch_size=2, progress=False, report=False, **case.run_options)
     result = run(config)

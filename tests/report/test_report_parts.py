@@ -16,7 +16,7 @@ from PIL import Image
 
 import factories
 from pipeline.io.images import encode_png, palette
-from pipeline.io.sink import MASK_SCHEMA
+from pipeline.io.rows import MASK_SCHEMA
 from pipeline.report.document import Document, Figure, Section, Table, render_html, write_document
 from pipeline.report.plots import confusion_heatmap, row_normalised
 from pipeline.report.sources import RunSources

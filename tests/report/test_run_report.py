@@ -48,7 +48,7 @@ def scored_run(tmp_path_factory, ray_session) -> Path:
     torch.save(create_model("milesial", num_classes=4, in_channels=3, base_channels=8, bilinear=False).state_dict(),
                checkpoint)
     output = root / "out"
-    run(RunConfig(command="score", input=str(data), output=str(output), layout="pairs", model="milesial",
+    run(RunConfig.create(command="score", input=str(data), output=str(output), layout="pairs", model="milesial",
                   checkpoint=str(checkpoint), processing="milesial-a013c80", scale=1.0, class_names=CLASS_NAMES,
                   format="both", shard_size=SHARD_SIZE, batch_size=4, progress=False))
     return output
@@ -193,6 +193,7 @@ def test_report_option_reaches_the_run_config():
     """`--no-report` turns the report off (the run's own report is covered above)."""
     from pipeline.cli.options import build_config
 
-    params = {"input_uri": "in", "output_uri": "out", "checkpoint": "c.pth", "report": False}
-    assert build_config("score", params, {"report"}).report is False
-    assert build_config("score", {**params, "report": True}, set()).report is True
+    params = {"input": "in", "output": "out", "checkpoint": "c.pth", "report": False}
+    given = {"input", "output", "checkpoint"}
+    assert build_config("score", params, given | {"report"}).output.report is False
+    assert build_config("score", {**params, "report": True}, given).output.report is True

@@ -1,0 +1,93 @@
+"""What a run returns or raises, and how its metrics are assembled from its commit records.
+
+Shared by the pipeline (`pipeline.run`) and the run history (`pipeline.history`), neither of which imports the
+other; importing this module loads neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from pipeline import __version__
+from pipeline.config import RunConfig
+from pipeline.errors import PipelineError
+from pipeline.io.commits import PartRecord
+from pipeline.metrics import ConfusionAccumulator
+
+if TYPE_CHECKING:
+    from pipeline.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: its metrics (what metrics.json / summary.json hold), output folder and metrics file."""
+
+    metrics: dict[str, Any]
+    output: str
+    metrics_uri: str
+
+    @property
+    def miou(self) -> float | None:
+        return self.metrics.get("miou")
+
+
+class RunFailed(PipelineError):
+    """The run broke a limit or lost inputs. When it finished, `result` holds what it wrote (outputs, metrics and
+    report are written before the limit is checked); None when it stopped before the end."""
+
+    def __init__(self, message: str, result: RunResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def check_error_limit(max_errors: float | None, num_inputs: int, num_errors: int, by_stage: dict[str, int],
+                      result: RunResult | None = None) -> None:
+    """Raise RunFailed when more inputs failed than `--max-errors` allows (a count, or a fraction below 1)."""
+    if max_errors is None or num_errors == 0:
+        return
+    allowed = max_errors * num_inputs if max_errors < 1 else max_errors
+    if num_errors > allowed:
+        summary = ", ".join(f"{stage}: {n}" for stage, n in sorted(by_stage.items()))
+        raise RunFailed(
+            f"{num_errors} of {num_inputs} inputs failed ({summary}), above --max-errors {max_errors:g}. "
+            "See errors.jsonl in the output for each file and reason.", result)
+
+
+def run_metrics(config: RunConfig, loaded: LoadedModel, layout_name: str, class_names: Sequence[str],
+                parts: Sequence[PartRecord], timings: dict[str, float], num_classes: int) -> dict[str, Any]:
+    """metrics.json (score) or summary.json (predict) of a run, from its commit records.
+
+    Scores come only from the merged confusion-matrix state of the parts; counts from the parts' rows.
+    """
+    scores = ConfusionAccumulator.merged(num_classes, [part.scores for part in parts])
+    errors_by_stage: Counter[str] = Counter(e.error_stage for part in parts for e in part.errors)
+    num_ok = sum(part.num_ok for part in parts)
+    num_errors = sum(part.num_errors for part in parts)
+    metrics: dict[str, Any] = {"command": config.command}
+    if config.scoring:
+        metrics.update(scores.compute(class_names).to_dict())
+        metrics["dice_per_image_mean"] = scores.dice_per_image_mean
+    pipeline_seconds = timings["pipeline_seconds"]
+    metrics.update({
+        "num_inputs": num_ok + num_errors,
+        "num_images": num_ok,
+        "num_errors": num_errors,
+        "errors_by_stage": dict(errors_by_stage),
+        "model": {
+            "name": loaded.family.name, "source": loaded.family.source, "backbone": loaded.family.backbone,
+            "config": loaded.config, "checkpoint": config.model.checkpoint,
+            "checkpoint_sha256": loaded.checkpoint.sha256, "mask_values": loaded.checkpoint.metadata.get("mask_values"),
+        },
+        "dataset": {"uri": config.data.input, "layout": layout_name,
+                    "split": config.data.split if layout_name == "voc" else None, "class_names": list(class_names)},
+        "timings": {**{k: round(v, 3) for k, v in timings.items()},
+                    "images_per_second": round(num_ok / pipeline_seconds, 3) if pipeline_seconds else None},
+        "config": config.to_dict(),
+        "version": __version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    return metrics

@@ -1,0 +1,33 @@
+"""A backend added from a test file alone: `RunConfig.create(backend="tests.backends.times_two_backend:ENTRY")`.
+
+Its "network" doubles the normalised input and appends zero channels up to the model's classes (MONAI's
+`mult_two` trick), so the masks a run writes are known without any model: the arg-max over the image's channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.backends.base import BackendEntry, BackendSpec, ToNetworkInput
+from pipeline.io.fs import S3Options
+
+NUM_CLASSES = 4  # the packaged milesial checkpoint's classes, which the run's processing expects
+
+
+class TimesTwoBackend:
+    name = "times-two"
+
+    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> None:
+        self._to_network_input = to_network_input
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        x = 2.0 * self._to_network_input(images)
+        zeros = np.zeros((x.shape[0], NUM_CLASSES - x.shape[1], *x.shape[2:]), np.float32)
+        return np.concatenate([x, zeros], axis=1)
+
+    def close(self) -> None:
+        pass
+
+
+ENTRY = BackendEntry(name="times-two", description="2 x the input (tests only)", precisions=("fp32",),
+                     create=TimesTwoBackend)
