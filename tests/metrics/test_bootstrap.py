@@ -207,3 +207,17 @@ def test_no_images_is_an_error_that_says_why():
     empty = ImageStats(np.array([], dtype=object), np.zeros((0, 3, 2), np.int64), np.zeros((2, 2), np.int64))
     with pytest.raises(InputError, match="no scored images"):
         bootstrap_scores(empty)
+
+
+def test_a_class_absent_everywhere_has_no_interval_and_the_record_is_strict_json():
+    import json
+
+    matrices = np.array([[[5, 1, 0], [2, 7, 0], [0, 0, 0]], [[3, 0, 0], [1, 9, 0], [0, 0, 0]]])
+    result = bootstrap_scores(ImageStats.from_matrices(["a", "b"], matrices), BootstrapSettings(resamples=20),
+                              class_names=("bg", "fg", "never"))
+    never = result.per_class_iou[2]
+    assert np.isnan(never.estimate) and np.isnan(never.low) and never.resamples == 0
+    assert not never.excludes(0.0)
+    record = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert record["per_class_iou"]["never"] == {"estimate": None, "low": None, "high": None, "resamples": 0}
+    assert record["scores"]["miou"]["resamples"] == 20 and record["resamples"] == 20

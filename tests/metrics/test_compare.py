@@ -135,3 +135,13 @@ def test_runs_over_different_images_are_refused_naming_the_ids():
     fewer_classes = ImageStats.from_matrices(ids, matrices[:, :3, :3])
     with pytest.raises(ConfigError, match="same classes"):
         compare_runs(a, fewer_classes)
+
+
+def test_comparison_record_is_strict_json():
+    import json
+
+    ids, matrices = baseline(n=10)
+    run = ImageStats.from_matrices(ids, matrices)
+    record = json.loads(json.dumps(compare_runs(run, run, BootstrapSettings(resamples=10)).to_dict(),
+                                   allow_nan=False))
+    assert record["changed_classes"] == [] and record["scores"]["miou"]["difference"]["estimate"] == 0
