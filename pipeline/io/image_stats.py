@@ -1,7 +1,7 @@
 """A finished run's per-image confusion statistics, streamed from its Parquet mask parts.
 
 Reads two columns of `<output>/masks/part-*.parquet` (`id` and `confusion`, the flat C*C int64 matrix of
-`io/sink.py`'s MASK_SCHEMA), record batch by record batch, and keeps only what the bootstrap and the paired
+`io/rows.py`'s MASK_SCHEMA), record batch by record batch, and keeps only what the bootstrap and the paired
 comparison need: per image its id, its (3, C) stats (`metrics.bootstrap.image_stats`) and where its row is,
 plus the summed matrix. Never the encoded masks, never a Python row per image. On S3 each file is opened for
 random access (exact ranged GETs of the footer and those two columns), several files at a time. Imports
@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.io import fs
+from pipeline.io.outputs import MASKS
 from pipeline.metrics.bootstrap import ImageStats, image_stats
 
-MASKS_DIR = "masks"
+
 COLUMNS = ("id", "confusion")
 READ_THREADS = 8  # files in flight: S3 latency, not bandwidth, bounds reading many small parts
 BATCH_ROWS = 4096  # rows decoded at a time: 4096 x 21 x 21 int64 = 14 MiB
@@ -54,7 +55,7 @@ class _FilePart:
     num_unscored: int
 
 
-def part_files(output: str, s3: fs.S3Options | None = None, folder: str = MASKS_DIR) -> list[str]:
+def part_files(output: str, s3: fs.S3Options | None = None, folder: str = MASKS) -> list[str]:
     """`<output>/<folder>/part-*.parquet`, sorted (listed a page at a time)."""
     storage = fs.storage_for(output, s3)
     return sorted(uri for page in storage.iter_files(fs.join(output, folder)) for uri in page
@@ -162,7 +163,7 @@ def read_image_files(files: Sequence[str], s3: fs.S3Options | None = None, num_c
     return RunImages(images, files, file_index, row_index, sum(p.num_unscored for p in parts))
 
 
-def read_run_images(output: str, s3: fs.S3Options | None = None, folder: str = MASKS_DIR,
+def read_run_images(output: str, s3: fs.S3Options | None = None, folder: str = MASKS,
                     num_classes: int | None = None, expected_total: np.ndarray | None = None,
                     threads: int = READ_THREADS) -> RunImages:
     """Per-image stats of the run in `output` (local path or s3:// URI), from `<output>/<folder>/part-*`.

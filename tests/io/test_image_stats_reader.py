@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.io.image_stats import read_image_files, read_run_images
-from pipeline.io.sink import MASK_SCHEMA
+from pipeline.io.rows import MASK_SCHEMA
 from pipeline.metrics.bootstrap import ImageStats
 
 C = 4
