@@ -385,10 +385,10 @@ class RunConfig:
 FLAT_KEYS: dict[str, FlatKey] = _flat_keys()
 
 
-def section_from(settings: dict[str, Any], cls: type[SectionT]) -> SectionT:
+def section_from(settings: dict[str, Any], cls: type[SectionT]) -> SectionT:  # cls: a section dataclass
     """The `cls` section of flat settings, e.g. of metrics.json's `config`; keys of other sections are ignored."""
     values = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         key = f.metadata.get("key") or f.name
         if key in settings:
             values[f.name] = _convert(f, settings[key])

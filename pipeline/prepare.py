@@ -65,8 +65,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     entry.check_precision(config.backend.precision)
     loaded = load_model(config.model.family, config.model.checkpoint, s3=s3, **config.model.overrides)
     processing = create_processing(
-        config.processing.name, family=loaded.family, num_classes=loaded.module.num_classes,
-        in_channels=loaded.module.in_channels, scale=config.processing.scale,
+        config.processing.name, family=loaded.family, num_classes=loaded.num_classes,
+        in_channels=loaded.in_channels, scale=config.processing.scale,
         input_size=config.processing.input_size, threshold=config.processing.threshold)
     num_classes = processing.num_classes_out
     class_names = config.data.class_names or layout.names_for(num_classes)

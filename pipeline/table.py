@@ -119,9 +119,9 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
         settings = dict(entry.settings)
         loaded = load_model(entry.model, entry.checkpoint, **settings.get("model_config", {}))
         family = loaded.family
-        single_output = int(loaded.module.num_classes) == 1
+        single_output = loaded.num_classes == 1
         dataset, dataset_settings = _dataset_for(spec, settings, single_output)
-        channels = int(loaded.module.in_channels)
+        channels = loaded.in_channels
         for shape in spec.shapes:
             height, width = shape or family.default_input_size
             figures = model_figures(family.name, (channels, height, width), convention="seed", **loaded.config)

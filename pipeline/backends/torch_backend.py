@@ -42,8 +42,8 @@ class TorchBackend:
         self._channels_last = bool(spec.options.get("channels_last", spec.device == "cpu"))
         module = loaded.module.to(self._device, dtype=self._dtype).eval()
         if self._channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        self._module = module
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._module: Any = module
         self._closed = False
 
     def run(self, images: np.ndarray) -> np.ndarray:

@@ -45,5 +45,7 @@ def report(run_uri: str | None, history_uri: str | None, out: str | None, worst:
     if history_uri is not None:
         written = write_history_report(history_uri, s3, out=out, classes=classes)
     else:
-        written = write_report(run_uri, s3, worst=worst, confusion_scale=confusion_scale, out=out)
+        assert run_uri is not None  # one of the two, checked above
+        written = write_report(run_uri, s3, worst=worst, confusion_scale=confusion_scale,  # type: ignore[arg-type]
+                               out=out)
     click.echo(f"report: {written}")

@@ -94,12 +94,11 @@ def existing_stems(directory: str, stems: Sequence[str], s3: fs.S3Options | None
     if not stems:
         return set()
     wanted = set(stems)
-    if not fs.is_s3(directory):
-        storage = fs.storage_for(directory, s3)
+    storage = fs.storage_for(directory, s3)
+    if not isinstance(storage, fs.S3Storage):
         return {s for s in wanted if any(storage.exists(fs.join(directory, s + e)) for e in extensions)}
     lo, hi = min(wanted), max(wanted)
     found: set[str] = set()
-    storage = fs.storage_for(directory, s3)
     for uri in storage.iter_range(directory, lo, hi + "\U0010ffff"):
         name = fs.basename(uri)
         for ext in extensions:

@@ -141,7 +141,8 @@ class WebDatasetLayout(ContainerLayout):
             return Sample(key, image, label)
 
         with fs.storage_for(uri, s3).open(uri) as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-            key, fields = None, {}
+            key: str | None = None
+            fields: dict[str, bytes] = {}
             for member in tar:
                 if not member.isfile():
                     continue

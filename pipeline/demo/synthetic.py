@@ -11,6 +11,7 @@ The same index always gives the same image and label (numpy's PCG64 seeded by in
 from __future__ import annotations
 
 import os
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def make_sample(index: int, size: tuple[int, int] | None = None) -> tuple[Image.
         cx, cy = float(rng.uniform(r, width - r)), float(rng.uniform(r, height - r))
         if cls == 1:
             box = [cx - r, cy - r, cx + r, cy + r]
-            shape = ("ellipse", box)
+            shape: tuple[str, list[Any]] = ("ellipse", box)
         elif cls == 2:
             box = [cx - r, cy - r, cx + r, cy + r]
             shape = ("rectangle", box)

@@ -7,6 +7,7 @@ committed by an interrupted run (`--resume`) are skipped.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,8 +47,8 @@ def is_storage_failure(err: BaseException) -> bool:
 def _root_cause(err: BaseException) -> str:
     """" (caused by X: ...)" for the first exception of the chain, which holds the client's own message."""
     cause = err
-    while cause.__cause__ is not None or cause.__context__ is not None:
-        cause = cause.__cause__ or cause.__context__
+    while (parent := cause.__cause__ or cause.__context__) is not None:
+        cause = parent
     return f" (caused by {type(cause).__name__}: {cause})" if cause is not err else ""
 
 
@@ -157,5 +158,5 @@ class ShardDatasource(Datasource):
             args = (ref, self._layout, self._options, self._expect_labels, self._s3, skip, self._block_rows)
             metadata = BlockMetadata(num_rows=None if ref.size is None else ref.size - len(skip),
                                      size_bytes=None, input_files=None, exec_stats=None)
-            tasks.append(ReadTask(lambda args=args: read_shard(*args), metadata, schema=SOURCE_SCHEMA))
+            tasks.append(ReadTask(functools.partial(read_shard, *args), metadata, schema=SOURCE_SCHEMA))
         return tasks

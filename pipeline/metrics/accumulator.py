@@ -69,7 +69,7 @@ class ConfusionAccumulator:
 
     def compute(self, class_names: Sequence[str] | None = None) -> SegmentationScores:
         """The dataset scores of everything added so far."""
-        return scores_from_confusion(self.matrix, class_names)
+        return scores_from_confusion(self.matrix, None if class_names is None else tuple(class_names))
 
     @property
     def dice_per_image_mean(self) -> float | None:

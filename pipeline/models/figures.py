@@ -55,7 +55,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- thop rules
-def _conv_macs(module: nn.Module, x: torch.Tensor, y: torch.Tensor, with_bias: bool) -> int:
+def _conv_macs(module: Any, x: torch.Tensor, y: torch.Tensor, with_bias: bool) -> int:
     per_output = x.shape[1] // module.groups * math.prod(module.kernel_size)
     if with_bias and module.bias is not None:
         per_output += 1
@@ -68,7 +68,7 @@ def _adaptive_avg_macs(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> i
 
 
 def _upsample_rule(ops_per_output: dict[str, int]) -> Rule:
-    def rule(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    def rule(module: Any, x: torch.Tensor, y: torch.Tensor) -> int:
         return ops_per_output.get(module.mode, 0) * y.numel()
     return rule
 
@@ -84,8 +84,8 @@ _AVG_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _ADAPTIVE_AVG_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
 
-def _linear_macs(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    return module.in_features * y.numel()
+def _linear_macs(module: Any, x: torch.Tensor, y: torch.Tensor) -> int:
+    return int(module.in_features * y.numel())
 
 
 def _avg_macs(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:

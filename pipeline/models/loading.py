@@ -25,6 +25,16 @@ class LoadedModel:
     config: dict[str, Any]
     checkpoint: CheckpointInfo
 
+    @property
+    def num_classes(self) -> int:
+        """Channels of the network output."""
+        return int(self.config["num_classes"])
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the network input."""
+        return int(self.config["in_channels"])
+
 
 @dataclass(frozen=True)
 class KeyMismatch:

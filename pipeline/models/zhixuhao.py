@@ -118,7 +118,7 @@ class ZhixuhaoUNet(nn.Module):
         for level in (6, 7, 8, 9):
             x = self._up(level, x, skips.pop())
         x = self._conv("conv9c", x)
-        return torch.sigmoid(self.conv10(x))
+        return torch.sigmoid(self.conv10(x))  # type: ignore[operator]
 
 
 def build(config: Mapping[str, Any]) -> ZhixuhaoUNet:

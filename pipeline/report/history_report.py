@@ -21,7 +21,8 @@ TABLE_RUNS = 30  # the run table lists this many of the latest runs
 
 def weakest_classes(records: list[dict[str, Any]], count: int) -> list[str]:
     """The `count` classes with the lowest IoU in the latest run that has per-class IoUs (ties by name)."""
-    latest = next((r["per_class_iou"] for r in reversed(records) if r.get("per_class_iou")), {})
+    latest: dict[str, float | None] = next(
+        (r["per_class_iou"] for r in reversed(records) if r.get("per_class_iou")), {})
     scored = [(iou, name) for name, iou in latest.items() if iou is not None]
     return [name for _, name in sorted(scored)[:count]]
 

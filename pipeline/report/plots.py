@@ -76,7 +76,7 @@ def per_class_iou_chart(class_names: Sequence[str], per_class_iou: dict[str, flo
     axes.invert_yaxis()
     for position, i in zip(positions, order):
         iou = per_class_iou[class_names[i]]
-        axes.text(min((iou or 0.0) + 0.01, 0.9), position, "n/a" if iou is None else f"{iou:.3f}", va="center",
+        axes.text(min((iou or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}", va="center",
                   fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
     title = "Per-class IoU, worst first"
     if miou is not None:
@@ -150,7 +150,7 @@ def class_legend(class_names: Sequence[str], colours: Sequence[tuple[int, int, i
     """A strip of colour swatches with class names: the key to the overlays (ignored pixels are white)."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=tuple(c / 255 for c in colours[i]), edgecolor="#30343b",
+    handles = [Patch(facecolor=(colours[i][0] / 255, colours[i][1] / 255, colours[i][2] / 255), edgecolor="#30343b",
                      label=name if any(colours[i]) else f"{name} (black: not tinted)")
                for i, name in enumerate(class_names)]
     handles.append(Patch(facecolor="white", edgecolor="#30343b", label="ignored (255)"))
