@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
 import struct
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -278,9 +277,11 @@ def test_keras_hdf5_is_detected_and_delegated(tmp_path, monkeypatch):
         seen["data"] = data
         return {"conv.weight": torch.ones(2)}
 
-    fake = types.ModuleType("pipeline.models.zhixuhao")
-    fake.state_dict_from_keras_file = fake_reader
-    monkeypatch.setitem(sys.modules, "pipeline.models.zhixuhao", fake)
+    from pipeline.models import MODELS
+    from pipeline.models.checkpoints import KERAS_FORMAT
+
+    family = dataclasses.replace(MODELS.get("zhixuhao"), converters={KERAS_FORMAT: fake_reader})
+    monkeypatch.setitem(MODELS._items, "zhixuhao", family)  # the family that declares the format converts it
     data = HDF5_MAGIC + b"\x00" * 64
     (tmp_path / "unet_membrane.hdf5").write_bytes(data)
     ckpt = read_checkpoint(str(tmp_path / "unet_membrane.hdf5"))
