@@ -92,3 +92,24 @@ def canonical_name(name: str) -> str:
 
 def is_alias(name: str) -> bool:
     return name in CALIBRATIONS and get_method(name).name != name
+
+
+def table_calibrations(precision: str, requested: str | None = None) -> tuple[str | None, ...]:
+    """The calibration methods `table` scores one backend:precision variant with, each in a row of its own.
+
+    int8 with a KL method (either variant or `entropy`) or none asked for: both KL variants, `KL_VARIANTS` order,
+    so the table shows which int8 range choice the model tolerates; int8 with percentile or minmax: that one
+    (canonical name); fp32 and fp16: (None,), no calibration.
+
+    Raises:
+        UnknownNameError: an unknown `requested` method.
+    """
+    if precision != "int8":
+        return (None,)
+    name = canonical_name(requested or DEFAULT)
+    return KL_VARIANTS if name in KL_VARIANTS else (name,)
+
+
+def precision_label(precision: str, calibration: str | None) -> str:
+    """A table's precision cell: `int8 (kl_tensorrt)` for a calibrated row, the precision alone otherwise."""
+    return f"{precision} ({canonical_name(calibration)})" if precision == "int8" and calibration else precision

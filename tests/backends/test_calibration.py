@@ -12,7 +12,11 @@ from scipy.stats import entropy
 from pipeline.errors import UnknownNameError
 from pipeline.quantize import CALIBRATION_METHODS, methods
 from pipeline.quantize.calibration import (
-    BINS, TensorStats, activation_range, collect_statistics, tensors_to_calibrate,
+    BINS,
+    TensorStats,
+    activation_range,
+    collect_statistics,
+    tensors_to_calibrate,
 )
 from pipeline.quantize.kl_tensorrt import kl_divergences_tensorrt, kl_threshold_tensorrt
 from pipeline.quantize.thresholds import kl_divergences, kl_threshold, percentile_threshold
@@ -222,3 +226,14 @@ def test_collect_statistics_matches_numpy_on_a_tiny_graph():
         reference, _ = np.histogram(np.abs(flat), bins=BINS, range=(0, np.abs(flat).max()))
         # the same bins up to values on a bin edge (float rounding of |x| / width)
         assert np.abs(stats[name].histogram - reference).sum() <= 4
+
+
+def test_table_scores_int8_with_both_kl_variants_unless_another_method_is_asked_for():
+    assert methods.table_calibrations("int8") == ("kl_pytorch_quantization", "kl_tensorrt")
+    assert methods.table_calibrations("int8", "entropy") == methods.table_calibrations("int8", "kl_tensorrt")
+    assert methods.table_calibrations("int8", "percentile") == ("percentile",)
+    assert methods.table_calibrations("fp16", "kl_tensorrt") == methods.table_calibrations("fp32") == (None,)
+    assert methods.precision_label("int8", "entropy") == "int8 (kl_pytorch_quantization)"
+    assert methods.precision_label("fp16", None) == "fp16"
+    with pytest.raises(UnknownNameError):
+        methods.table_calibrations("int8", "kl")
