@@ -4,17 +4,23 @@ Driver side, once per job (`prepare_vacc`): check that the SDK is installed, tha
 exist (local or S3) and that the VDSP op normalises as the run's processing does; record the model prefix, the
 VDSP JSON and `--actors-per-die` in the spec's options.
 
-Actor side (`VaccBackend`), the call order of Vastai's own UNet runner (vacc-sdk.md §3, §8):
+Actor side (`VaccBackend`), the call order of Vastai's own code (VastModelZOO's UNet runners, VastStreamX-Samples'
+`common/model_base.py` and `samples/card_info/`):
 
-    claim a die -> set_device(die) -> Model(prefix, batch) -> Operator.load_ops_from_json_file(vdsp.json)
-    -> Graph() -> ModelOperator(model) -> graph.add_operators(*ops, model_op) -> Stream(graph, RUN)
-    -> register_operator_output(model_op) -> build()
-    run: set_device(die) (in the calling thread) -> create_image per image -> run_sync per chunk of the model's
-    batch size -> as_numpy(out)[0] (fp16) -> float32
+    [without VACC_DIE_IDS: set_device(0) ("init card") -> get_all_cards()] -> claim a die -> set_device(die)
+    -> Model(prefix, batch) -> Operator.load_ops_from_json_file(vdsp.json) -> Graph() -> ModelOperator(model)
+    -> graph.add_operators(*ops, model_op) -> Stream(graph, RUN) -> register_operator_output(model_op) -> build()
+    run: set_device(die) in the calling thread (as the samples' profilers do in every thread that runs) ->
+    create_image(planes, RGB_PLANAR, w, h, die) per image -> run_sync per chunk of the model's batch size ->
+    as_numpy(out)[0] (fp16) -> float32
 
-The die normalises on the device, so the host passes the network-size uint8 images themselves: RGB as planar
-(3, h, w) arrays (`RGB_PLANAR`), greyscale models (1 channel, e.g. zhixuhao) as (h, w) arrays (`GRAY`); the
-format is the one the VDSP op declares, and it must match the compiled model's input channels. Images must
+The zoo's runner creates images and reads outputs from threads that never call set_device; what must hold is
+that an image is made for the die its model runs on (`create_image(..., device_id=die)`; a bug the zoo fixed
+in commit 4151cd4 passed set_device's return value instead).
+
+The die normalises on the device, so the host passes the network-size uint8 images themselves as planar RGB
+(3, h, w) arrays (`RGB_PLANAR`, the only format the zoo's VDSP JSONs use); a one-channel model's grey plane
+(zhixuhao) is replicated to the three planes, as the zoo's one-channel runners do (`vacc_files`). Images must
 already have the compiled model's input size (use --processing resize / model-res / zhixuhao with
 --input-size HxW of the compiled model): the op would otherwise resize them and the outputs would no longer
 match what the processing expects.
@@ -42,17 +48,31 @@ from typing import Any
 import numpy as np
 
 from pipeline.backends.base import BackendSpec, ToNetworkInput
-from pipeline.backends.vacc_dies import (DEFAULT_CLAIM_TIMEOUT_S, DieClaim, check_actors_per_die, default_lock_dir,
-                                         node_die_ids)
-from pipeline.backends.vacc_files import (IMAGE_FORMAT_CHANNELS, check_same_normalisation, default_vdsp_json,
-                                          local_copy, parse_vdsp, read_vdsp_config, resolve_suite,
-                                          suite_files, write_default_vdsp)
+from pipeline.backends.vacc_dies import (
+    DEFAULT_CLAIM_TIMEOUT_S,
+    DieClaim,
+    check_actors_per_die,
+    default_lock_dir,
+    node_die_ids,
+)
+from pipeline.backends.vacc_files import (
+    MODEL_CHANNELS,
+    check_same_normalisation,
+    default_vdsp_json,
+    local_copy,
+    parse_vdsp,
+    read_vdsp_config,
+    resolve_suite,
+    suite_files,
+    write_default_vdsp,
+)
 from pipeline.errors import BackendUnavailable, ConfigError
 from pipeline.io import fs
 
 SDK_MODULE = "vaststreamx"
 # `get_attribute(AttrKey.IIMAGE_FORMAT)` codes of the VDSP op (VastStreamX-Samples common/utils.py).
 IMAGE_FORMAT_CODES = {5000: "RGB_PLANAR", 5004: "GRAY"}
+FED_FORMAT = "RGB_PLANAR"
 
 
 def sdk_missing_message(reason: str) -> str:
@@ -176,23 +196,26 @@ class VaccBackend:
         _, self.in_channels, height, width = (int(v) for v in model.input_shape[0])
         self.input_size = (height, width)
         self.num_classes = int(model.output_shape[0][1])
+        if self.in_channels not in MODEL_CHANNELS:
+            raise ConfigError(f"The compiled model {prefix} takes {self.in_channels}-channel input; the VDSP op feeds "
+                              "RGB_PLANAR images to 3-channel models (and, replicated, to 1-channel ones): compile "
+                              "the model with 3 or 1 input channels.")
         vdsp = vdsp or write_default_vdsp(self.in_channels, height, width, cache)
         config = read_vdsp_config(vdsp)
-        if config.output_size != self.input_size or config.channels != self.in_channels:
+        if config.output_size != self.input_size:
             raise ConfigError(
-                f"The VDSP JSON {vdsp} makes {config.channels}-channel {config.output_size[0]}x"
-                f"{config.output_size[1]} inputs, but the compiled model {prefix} takes {self.in_channels}-channel "
-                f"{height}x{width}: use the JSON the model was compiled with, or leave vacc_vdsp_params unset.")
+                f"The VDSP JSON {vdsp} makes {config.output_size[0]}x{config.output_size[1]} inputs, but the "
+                f"compiled model {prefix} takes {height}x{width}: use the JSON the model was compiled with, or leave "
+                "vacc_vdsp_params unset.")
         self._ops = vsx.Operator.load_ops_from_json_file(vdsp)
         if not self._ops:
             raise ConfigError(f"vaststreamx could not build a pre-processing op from {vdsp}: check the file against "
                               "the zoo's *-vdsp_params.json.")
         code = int(self._ops[0].cast_to_buildin_operator().get_attribute(vsx.AttrKey.IIMAGE_FORMAT))
-        image_format = IMAGE_FORMAT_CODES.get(code)
-        if image_format is None or IMAGE_FORMAT_CHANNELS[image_format] != self.in_channels:
-            raise ConfigError(f"The VDSP op from {vdsp} takes image format {image_format or code}, which does not "
-                              f"fit the compiled model's {self.in_channels}-channel input.")
-        self._image_format = getattr(vsx.ImageFormat, image_format)
+        if IMAGE_FORMAT_CODES.get(code) != FED_FORMAT:
+            raise ConfigError(f"The VDSP op from {vdsp} takes image format {IMAGE_FORMAT_CODES.get(code, code)}; this "
+                              f"backend feeds {FED_FORMAT} images, as the zoo's runners do.")
+        self._image_format = getattr(vsx.ImageFormat, FED_FORMAT)
         self._graph = vsx.Graph()
         self._model_op = vsx.ModelOperator(model)
         self._graph.add_operators(*self._ops, self._model_op)
@@ -250,9 +273,10 @@ class VaccBackend:
         return np.stack(outputs)
 
     def _image(self, image: np.ndarray):
-        """One (h, w, c) uint8 image as the runtime image the VDSP op takes."""
+        """One (h, w, c) uint8 image as the RGB_PLANAR runtime image the VDSP op takes, made for this die (a grey
+        image's plane replicated to the three planes)."""
         height, width = self.input_size
-        planes = image[:, :, 0] if self.in_channels == 1 else image.transpose(2, 0, 1)
+        planes = np.repeat(image.transpose(2, 0, 1), 3, axis=0) if self.in_channels == 1 else image.transpose(2, 0, 1)
         return self._vsx.create_image(np.ascontiguousarray(planes), self._image_format, width, height, self.die_id)
 
     def close(self) -> None:

@@ -4,8 +4,9 @@ Ray only counts the `VACC` custom resource (one unit per die; `--actors-per-die 
 of a unit); it does not tell an actor *which* die it got. So every actor claims one itself, on its own node:
 
 * The dies a node has are `VACC_DIE_IDS` (e.g. "0,1", set on the node by whoever starts it, to reserve dies or
-  to work around an odd numbering) or else every die the SDK enumerates (`vsx.get_all_cards()`; die ids are
-  numbered across all cards of the node, card0 -> 0,1, card1 -> 2,3). The node's `VACC` resource count is not
+  to work around an odd numbering) or else every die the SDK enumerates (`vsx.set_device(0)` to initialise the
+  card, as the vendor's card_info samples do, then `vsx.get_all_cards()`; die ids are numbered across all cards
+  of the node, card0 -> 0,1, card1 -> 2,3). The node's `VACC` resource count is not
   used for ids: it need not match the hardware's numbering, and Ray exposes custom-resource instance ids only
   through private APIs. It still bounds how many actors Ray places on the node.
 * A claim is an exclusive `fcntl.flock` on `<lock dir>/die-<id>-slot-<k>.lock`, k < actors_per_die, held on an
@@ -78,11 +79,35 @@ def parse_die_ids(text: str) -> list[int]:
     return ids
 
 
+INIT_DIE = 0  # the die the vendor's samples bind before listing cards ("init card")
+
+
+def init_runtime(vsx) -> None:
+    """Initialise the card runtime as both of Vastai's card-listing samples do, before any other SDK call:
+    `set_device(0)` ("init card", VastStreamX-Samples samples/card_info/card_info.py and card_info.cpp).
+    Die ids are numbered from 0 across the node's cards, so die 0 exists wherever a card does.
+
+    Raises:
+        BackendUnavailable: set_device(0) fails (no card, or no driver, on this node).
+    """
+    status = vsx.set_device(INIT_DIE)
+    if status != 0:
+        raise BackendUnavailable(
+            f"vaststreamx.set_device({INIT_DIE}) returned {status} when initialising the VACC runtime: this node "
+            "has no usable VACC card. Check the driver with `vasmi list` / `lsmod | grep vastai_pci`, or run the "
+            "vacc actors only on nodes that declare the VACC resource.")
+
+
 def node_die_ids(vsx) -> list[int]:
-    """The dies this node offers: `VACC_DIE_IDS` if set, else every die the SDK enumerates, in id order."""
+    """The dies this node offers: `VACC_DIE_IDS` if set, else every die the SDK enumerates, in id order.
+
+    Enumerating follows the vendor's start-up order: `init_runtime` (set_device(0)) first, then
+    `get_all_cards()`.
+    """
     configured = os.environ.get(DIE_IDS_ENV, "").strip()
     if configured:
         return parse_die_ids(configured)
+    init_runtime(vsx)
     ids = sorted(die.device_id for card in vsx.get_all_cards() for die in card.dies)
     if not ids:
         raise BackendUnavailable(

@@ -7,9 +7,15 @@ node-local cache by each actor (the runtime only opens local files).
 
 The VDSP JSON configures the on-device pre-processing op (resize + normalise + tensorize). The zoo's UNet
 JSONs use OpType `FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR` with `NormaType: DIV255` (Mean/Std are present but
-not applied). Without `vacc_vdsp_params`, the backend writes that JSON for the compiled model's input size,
-with `IimageFormat` RGB_PLANAR for 3-channel models and GRAY for 1-channel ones (the GRAY input of this fusion
-op is not confirmed on hardware; a model compiled for 3 channels takes RGB_PLANAR).
+not applied). Without `vacc_vdsp_params`, the backend writes that JSON for the compiled model's input size.
+
+The op's input is always `IimageFormat: RGB_PLANAR`, (3, h, w) uint8 planes, whatever the model's channels:
+of the zoo's 758 VDSP JSONs that name an IimageFormat, 754 say RGB_PLANAR, 4 BGR888 and none GRAY, including
+those of its one-channel models (drrn, vdsr: [1, 1, 256, 256]; cnn_ctc: [1, 1, 32, 100]); the drrn and vdsr
+runners replicate the one channel (the Y of YCrCb) into the three planes and pass RGB_PLANAR images. The vacc
+backend does the same for one-channel models (zhixuhao): their grey plane is replicated three times. How the
+device maps the op's three planes onto a one-channel model input is not documented; with three equal planes
+every choice gives the same values. A JSON that says GRAY is refused.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from pipeline.io import fs
 
 SUITE_SUFFIXES = (".so", ".json", ".params")
 FUSION_OP = "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR"
-# IimageFormat strings of the JSON -> number of image channels the host passes.
-IMAGE_FORMAT_CHANNELS = {"RGB_PLANAR": 3, "GRAY": 1}
+# IimageFormat strings of the JSON this backend feeds -> number of planes the host passes.
+IMAGE_FORMAT_CHANNELS = {"RGB_PLANAR": 3}
+MODEL_CHANNELS = (1, 3)  # compiled model inputs the RGB_PLANAR op can feed (1: the grey plane replicated)
 NORM_TYPES = ("DIV255", "DIV255_MINUSMEAN_DIVSTD")
 
 
@@ -96,7 +103,7 @@ class VdspConfig:
     """The fields of a VDSP JSON this backend relies on.
 
     Attributes:
-        image_format: "RGB_PLANAR" or "GRAY" (what the host passes).
+        image_format: "RGB_PLANAR" (what the host passes: three planes).
         norm_type: "DIV255" (x / 255) or "DIV255_MINUSMEAN_DIVSTD" ((x / 255 - mean) / std).
         output_size: (OimageHeight, OimageWidth), the network input the op resizes to.
         mean, std: per-channel values for DIV255_MINUSMEAN_DIVSTD.
@@ -110,6 +117,7 @@ class VdspConfig:
 
     @property
     def channels(self) -> int:
+        """Planes of the images the op takes (3 for RGB_PLANAR)."""
         return IMAGE_FORMAT_CHANNELS[self.image_format]
 
 
@@ -137,6 +145,12 @@ def parse_vdsp(data: Any, where: str) -> VdspConfig:
             f'{{"OpType": "{FUSION_OP}", "OpConfig": {{"IimageFormat": ..., "NormaType": ..., "OimageWidth": ..., '
             '"OimageHeight": ..., ...}} as in Vastai\'s model zoo (cv/segmentation/unet/build_in/vdsp_params/).'
         ) from err
+    if parsed.image_format == "GRAY":
+        raise ConfigError(
+            f"{where} has IimageFormat GRAY, which none of Vastai's zoo VDSP JSONs uses (its one-channel models take "
+            "RGB_PLANAR images with the one channel replicated to the three planes). Use IimageFormat RGB_PLANAR, "
+            "as `unet-pipeline export` now writes (re-export, or edit the JSON), or leave vacc_vdsp_params unset; "
+            "the vacc backend replicates a one-channel model's grey plane itself.")
     if op_type != FUSION_OP or parsed.image_format not in IMAGE_FORMAT_CHANNELS or parsed.norm_type not in NORM_TYPES:
         raise ConfigError(
             f"{where} has OpType {op_type!r}, IimageFormat {parsed.image_format!r}, NormaType "
@@ -149,14 +163,20 @@ def parse_vdsp(data: Any, where: str) -> VdspConfig:
 
 
 def default_vdsp_json(channels: int, height: int, width: int) -> dict[str, Any]:
-    """The zoo's UNet VDSP JSON (DIV255, bilinear) for a model input of (channels, height, width)."""
-    image_format = {3: "RGB_PLANAR", 1: "GRAY"}.get(channels)
-    if image_format is None:
+    """The zoo's UNet VDSP JSON (RGB_PLANAR, DIV255, bilinear) for a model input of (channels, height, width).
+
+    One-channel models get the same RGB_PLANAR JSON (the host replicates their plane; module docstring).
+
+    Raises:
+        ConfigError: a model input of other than 1 or 3 channels.
+    """
+    if channels not in MODEL_CHANNELS:
         raise ConfigError(
-            f"The compiled VACC model takes {channels}-channel input; the VDSP op takes RGB (3) or greyscale (1) "
-            "images. Compile the model with 3 or 1 input channels.")
+            f"The compiled VACC model takes {channels}-channel input; the VDSP op takes RGB_PLANAR images, which "
+            "feed 3-channel models (and 1-channel ones, the grey plane replicated). Compile the model with 3 or 1 "
+            "input channels.")
     return {"OpType": FUSION_OP, "OpConfig": {
-        "IimageFormat": image_format, "IimageWidth": width, "IimageHeight": height,
+        "IimageFormat": "RGB_PLANAR", "IimageWidth": width, "IimageHeight": height,
         "OimageWidth": width, "OimageHeight": height, "IimageWidthPitch": width, "IimageHeightPitch": height,
         "Mean": [0.485107421875, 0.4560546875, 0.406005859375],  # ImageNet's, fp16-rounded; unused by DIV255
         "Std": [0.22900390625, 0.2239990234375, 0.2249755859375],
@@ -171,7 +191,7 @@ def write_default_vdsp(channels: int, height: int, width: int, cache_root: str) 
 
 
 def device_normalisation(config: VdspConfig, images: np.ndarray) -> np.ndarray:
-    """What the VDSP op's NormaType does to (N, h, w, c) uint8 images, as (N, c, h, w) float32."""
+    """What the VDSP op's NormaType does to (N, h, w, c) uint8 planes, as (N, c, h, w) float32."""
     x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
     if config.norm_type == "DIV255_MINUSMEAN_DIVSTD":
         channels = x.shape[1]
@@ -181,12 +201,15 @@ def device_normalisation(config: VdspConfig, images: np.ndarray) -> np.ndarray:
     return x
 
 
-def check_same_normalisation(config: VdspConfig, to_network_input: ToNetworkInput, where: str) -> None:
+def check_same_normalisation(config: VdspConfig, to_network_input: ToNetworkInput, where: str,
+                             model_channels: int = 3) -> None:
     """Refuse a VDSP op whose normalisation differs from the run's processing: the compiled network would see
-    other values than the checkpoint was trained on. Compared at fp16 precision, the device's."""
+    other values than the checkpoint was trained on. Compared at fp16 precision, the device's, on grey probes
+    (equal planes, as a one-channel model's replicated plane): for a one-channel model the op's first plane is
+    compared (with equal planes, its normalisation by the first Mean/Std)."""
     probe = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), config.channels, axis=3)
-    host = np.asarray(to_network_input(probe), np.float32)
-    device = device_normalisation(config, probe)
+    host = np.asarray(to_network_input(probe[..., :model_channels]), np.float32)
+    device = device_normalisation(config, probe)[:, :model_channels]
     if host.shape != device.shape or not np.allclose(host, device, rtol=1e-3, atol=1e-3):
         raise ConfigError(
             f"The VDSP op in {where} normalises with NormaType {config.norm_type}, which differs from what this "

@@ -1,16 +1,25 @@
-"""Export a loaded model to ONNX: a dynamic batch axis, dynamic or fixed height and width, checked by onnx.checker.
+"""Export a loaded model to ONNX: dynamic for onnxruntime, or static and folded for Vastai's compiler (vamc).
 
-Opset 13 (`OPSET`): the first opset whose QuantizeLinear/DequantizeLinear take a per-channel `axis`, which the
-int8 path needs for per-channel weights; every op the three families export to (Conv, ConvTranspose, MaxPool,
-Resize, Pad, Concat, Relu, Sigmoid and shape arithmetic) exists in it; and it stays within what older consumers
-read (Vastai's zoo compiles opset-11 UNets; TVM's ONNX frontend, which vamc's `tvm_vacc` backend appears to build
-on, reads opset 13).
+Two exports, one per consumer:
+
+* `export_onnx` (the onnx backend): opset 13 (`OPSET`), the first whose QuantizeLinear/DequantizeLinear take a
+  per-channel `axis`, which the int8 path needs; a dynamic batch axis, and H and W dynamic unless `input_size`
+  fixes them. Tracing records shape arithmetic as graph ops (e.g. milesial's padding of each up-sampled map to
+  its skip map: Shape/Gather/Sub/Div/Cast/Unsqueeze/Concat/ConstantOfShape/Reshape/Slice/Transpose computing the
+  Pad inputs, 297 nodes for the packaged model), so the graph takes any H and W the model takes.
+* `export_static_onnx` (`unet-pipeline export`, for vamc): what Vastai's zoo compiles, i.e. opset 11
+  (`STATIC_OPSET`: the zoo exports its UNets with `torch.onnx.export(..., opset_version=11)`, and every op
+  the three families need exists in it) and one static input shape [1, C, H, W] (the zoo's `frontend.shape`).
+  The raw static trace still computes the Pad inputs from constants (113 nodes for the packaged model, as the
+  zoo's own export of milesial's UNet); onnxslim then folds every constant sub-graph and removes the no-op
+  pads, leaving the network's own ops (49 for the packaged model: Conv, ConvTranspose, Relu, MaxPool, Concat).
+  `static_graph_problems` checks the result: no dynamic dimension, no Shape/Size op, no node left whose inputs
+  are all constants. onnxslim (pure Python) was chosen over onnxsim (the tool the zoo's docs use; a compiled
+  extension) after both gave the same ops on all four families.
 
 Exporter: torch's TorchScript-based exporter (`dynamo=False`). The torch.export-based one, torch's default since
-2.9, needs the onnxscript package, which is not a dependency. Tracing records shape arithmetic as graph ops (e.g.
-milesial's padding of each up-sampled map to its skip map), so the exported graph takes any H and W the model
-takes. The batch axis is always dynamic; H and W are dynamic unless `input_size` fixes them (vamc compiles for one
-input shape). BatchNorm is folded into the convolutions (eval-mode export with constant folding).
+2.9, needs the onnxscript package, which is not a dependency. BatchNorm is folded into the convolutions (eval-mode
+export with constant folding).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ if TYPE_CHECKING:
     from pipeline.models import LoadedModel
 
 OPSET = 13
+STATIC_OPSET = 11
+SHAPE_OPS = frozenset({"Shape", "Size"})  # ops that read a tensor's shape: none may remain in a static export
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 TRACE_SIZE = 64  # height and width of the example input traced for a dynamic-size export
@@ -42,6 +53,17 @@ def import_onnx() -> Any:
             "ONNX export needs the onnx package: pip install 'unet-pipeline[onnx]' (onnx and onnxruntime), or "
             "use --backend torch.") from err
     return onnx
+
+
+def import_onnxslim() -> Any:
+    """The `onnxslim` module, or BackendUnavailable saying how to install it."""
+    try:
+        import onnxslim
+    except ImportError as err:
+        raise BackendUnavailable(
+            "The static ONNX export for vamc folds constants with onnxslim: pip install 'unet-pipeline[onnx]' "
+            "(or pip install onnxslim).") from err
+    return onnxslim
 
 
 def trace_size(loaded: LoadedModel) -> tuple[int, int]:
@@ -102,16 +124,25 @@ def export_onnx(loaded: LoadedModel, input_size: tuple[int, int] | None = None, 
     Raises:
         BackendUnavailable: onnx is not installed. ConfigError: an input size the model cannot take.
     """
-    import torch
-
     onnx = import_onnx()
     if input_size is not None:
         check_input_size(loaded, input_size)
     height, width = input_size or trace_size(loaded)
-    module = loaded.module.eval()
-    channels = int(module.in_channels)
-    example = torch.zeros(1, channels, height, width)
     axes = {0: "batch"} if input_size is not None else {0: "batch", 2: "height", 3: "width"}
+    model = onnx.load_from_string(_torch_export(loaded, (height, width), opset, axes))
+    _inline_shared_initializers(model)
+    _set_metadata(model, loaded, f"{height}x{width}" if input_size is not None else "dynamic")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _torch_export(loaded: LoadedModel, size: tuple[int, int], opset: int, axes: dict[int, str] | None) -> bytes:
+    """torch.onnx.export of the module for a (1, C, H, W) example; `axes` None: every dimension static."""
+    import torch
+
+    module = loaded.module.eval()
+    example = torch.zeros(1, int(module.in_channels), *size)
+    dynamic_axes = {INPUT_NAME: axes, OUTPUT_NAME: axes} if axes else None
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporter announces its own deprecation; tracing warns about Python-side input checks (e.g.
@@ -121,11 +152,13 @@ def export_onnx(loaded: LoadedModel, input_size: tuple[int, int] | None = None, 
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    model = onnx.load_from_string(buffer.getvalue())
-    _inline_shared_initializers(model)
-    policy = f"{height}x{width}" if input_size is not None else "dynamic"
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes)
+    return buffer.getvalue()
+
+
+def _set_metadata(model: onnx.ModelProto, loaded: LoadedModel, policy: str) -> None:
+    import onnx
+
     metadata = {
         "unet_pipeline.model": loaded.family.name,
         "unet_pipeline.source": loaded.family.source,
@@ -134,5 +167,71 @@ def export_onnx(loaded: LoadedModel, input_size: tuple[int, int] | None = None, 
         "unet_pipeline.input_size": policy,
     }
     onnx.helper.set_model_props(model, metadata)
+
+
+def static_graph_problems(model: onnx.ModelProto) -> list[str]:
+    """What keeps `model` from being a static, folded graph: dynamic dimensions, ops that read shapes, and nodes
+    whose inputs are all constants (a computation the folding left in). Empty when there is none."""
+    graph = model.graph
+    problems = []
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or any(not d.HasField("dim_value") for d in dims):
+            problems.append(f"{value.name} has a dynamic shape")
+    constants = {init.name for init in graph.initializer}
+    constants.update(out for node in graph.node if node.op_type == "Constant" for out in node.output)
+    for node in graph.node:
+        if node.op_type in SHAPE_OPS:
+            problems.append(f"{node.op_type} node {node.name or node.output[0]} reads a shape")
+        elif node.op_type != "Constant" and all(name in constants for name in node.input if name):
+            problems.append(f"{node.op_type} node {node.name or node.output[0]} computes from constants only")
+    return problems
+
+
+def export_static_onnx(loaded: LoadedModel, input_size: tuple[int, int], *,
+                       opset: int = STATIC_OPSET) -> onnx.ModelProto:
+    """The model as vamc compiles it: input "input" (1, C, H, W) -> output "output" (1, K, H, W), every shape
+    static, every constant computation folded (see the module docstring).
+
+    Args:
+        loaded: the model and its checkpoint (`pipeline.models.load_model`).
+        input_size: (H, W) of the network input.
+        opset: ONNX opset (11, the zoo's).
+
+    Returns:
+        The checked ModelProto, with the same metadata as `export_onnx` (input_size "HxW").
+
+    Raises:
+        BackendUnavailable: onnx or onnxslim is not installed. ConfigError: an input size the model cannot take.
+        RuntimeError: the folded graph still computes shapes (a model this export does not know how to fold).
+    """
+    onnx = import_onnx()
+    onnxslim = import_onnxslim()
+    check_input_size(loaded, input_size)
+    raw = onnx.load_from_string(_torch_export(loaded, input_size, opset, None))
+    model = onnxslim.slim(raw)
+    problems = static_graph_problems(model)
+    if problems:
+        raise RuntimeError(f"The static export of {loaded.family.name} still has {len(problems)} problem(s) after "
+                           f"folding ({'; '.join(problems[:3])}): report it with the model and --input-size.")
+    height, width = input_size
+    _set_metadata(model, loaded, f"{height}x{width}")
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def difference_from_torch(loaded: LoadedModel, model: onnx.ModelProto, seed: int = 0) -> float:
+    """Largest |onnxruntime - torch| over the outputs for one random input of the ONNX model's static shape."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: x})[0]
+    with torch.no_grad():
+        expected = loaded.module.eval()(torch.from_numpy(x)).numpy()
+    return float(np.abs(got - expected).max())

@@ -1,32 +1,59 @@
 """The build configuration Vastai's model compiler takes (`vamc compile <yaml>`), in the format of the zoo's UNets.
 
-Modelled on VastModelZOO's `cv/segmentation/unet/build_in/build/{milesial,bubbliiiing,keras}_unet.yaml`
-(shared/reference/vacc-sdk.md, sections 2 and 4):
+Modelled on VastModelZOO's `cv/segmentation/unet/build_in/build/{milesial,bubbliiiing,keras}_unet.yaml`; the
+result differs from those files only in paths, names, sizes and the calibration method:
 
-* `frontend`: the ONNX file, its input name and shape [1, C, H, W], fp32;
-* `backend`: `type: tvm_vacc`, `dtype: fp16 | int8`, `compile.data_transport_mode: 1` (all zoo UNets);
-* int8 only: `quantize` (calibrate_mode, `quantize_per_channel: true`, and `quantize_dsp_ops: [vacc_upsampling]`
-  where the network up-samples with a transposed convolution or a bilinear resize, as the zoo's milesial and
-  bubbliiiing builds do; its keras build, nearest up-sampling, has none) and `dataset` (calibration images:
-  folder, file suffix, how many, and the preprocessing DecodeImage -> Resize -> Normalize(none) -> ToTensor, i.e.
-  x / 255 at the network size, what every processing of this project feeds the network);
+* `frontend`: the static ONNX file (`pipeline.export.onnx.export_static_onnx`), its input name and shape
+  [1, C, H, W], fp32;
+* `backend`: `type: tvm_vacc`, `dtype: fp16 | int8`, `compile.data_transport_mode: 1` (all zoo UNets), and
+  `quantize`: calibrate_mode, `quantize_per_channel: true`, and `quantize_dsp_ops: [vacc_upsampling]` where the
+  network up-samples with a transposed convolution or a bilinear resize, as the zoo's milesial and bubbliiiing
+  builds do (its keras build, nearest up-sampling, has none);
+* `dataset`: the calibration images (folder, file suffix, how many, and the preprocessing DecodeImage -> Resize
+  -> Normalize(none) -> ToTensor, i.e. x / 255 at the network size, what every processing of this project feeds
+  the network). One-channel models decode greyscale (`cv2_flags: 0`), as the zoo's one-channel cnn_ctc build
+  does; the zoo's three-channel builds decode colour (`cv2_flags: 1`, milesial's);
 * `workspace.path`: where vamc writes the compiled model.
 
-Calibration names map to vamc's: entropy -> kl_divergence, percentile -> percentile, minmax -> max. The zoo's
-compiled-model naming is `<net>-<dtype>-<calibration>-<c_h_w>-vacc` (`none` for fp16), used here as the name.
+fp16 builds keep the `quantize` and `dataset` sections, as the zoo's UNet docs have it (compile the same yaml with
+`backend.dtype: fp16`) and as its fp16 yamls that carry them do (with a placeholder `dataset.path` where no
+images were given); vamc reads them for int8 only.
+
+Calibration names (`pipeline.quantize.methods`) map to vamc's `calibrate_mode`: both KL variants (and the
+`entropy` alias) -> kl_divergence, percentile -> percentile, minmax -> max. The zoo's compiled-model naming is
+`<net>-<dtype>-<calibration>-<c_h_w>-vacc` (`none` for fp16), used here as the name.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-VAMC_CALIBRATION = {"entropy": "kl_divergence", "percentile": "percentile", "minmax": "max"}
+from pipeline.quantize.methods import get_method
+
 WORKSPACE = "./deploy_weights/"
+PLACEHOLDER_DATA = "/path/to/calibration/images"  # fp16 without --calibration-data, as the zoo's fp16 yamls
+DEFAULT_SUFFIX = "jpg"
+DEFAULT_IMAGES = 50  # the zoo's get_data_num for every UNet
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """What vamc's dataset sampler reads: a folder, the one file suffix it takes, and how many files."""
+
+    path: str
+    suffix: str
+    count: int
+
+
+def vamc_mode(calibration: str) -> str:
+    """vamc's calibrate_mode for a calibration method or alias (UnknownNameError for an unknown one)."""
+    return get_method(calibration).vamc_mode
 
 
 def build_name(model: str, precision: str, calibration: str, shape: tuple[int, int, int]) -> str:
     """The zoo's compiled-model name, e.g. milesial-int8-kl_divergence-3_512_512-vacc."""
-    mode = VAMC_CALIBRATION[calibration] if precision == "int8" else "none"
+    mode = vamc_mode(calibration) if precision == "int8" else "none"
     return f"{model}-{precision}-{mode}-{'_'.join(str(v) for v in shape)}-vacc"
 
 
@@ -43,34 +70,32 @@ def upsamples_on_dsp(model) -> bool:
 
 
 def vamc_config(*, name: str, onnx_file: str, input_name: str, shape: tuple[int, int, int], precision: str,
-                calibration: str, calibration_data: str | None, calibration_suffix: str, calibration_images: int,
-                dsp_upsampling: bool) -> dict[str, Any]:
-    """The yaml document (as a dict) for one model; `shape` is (C, H, W)."""
+                calibration: str, data: CalibrationData | None, dsp_upsampling: bool) -> dict[str, Any]:
+    """The yaml document (as a dict) for one model; `shape` is (C, H, W); `data` None writes a placeholder."""
     channels, height, width = shape
-    config: dict[str, Any] = {
+    data = data or CalibrationData(PLACEHOLDER_DATA, DEFAULT_SUFFIX, DEFAULT_IMAGES)
+    quantize: dict[str, Any] = {"calibrate_mode": vamc_mode(calibration), "quantize_per_channel": True}
+    if dsp_upsampling:
+        quantize["quantize_dsp_ops"] = ["vacc_upsampling"]
+    return {
         "name": name,
         "frontend": {"shape": {input_name: [1, channels, height, width]}, "type": "onnx", "checkpoint": onnx_file,
                      "dtype": "fp32"},
-        "backend": {"type": "tvm_vacc", "dtype": precision, "compile": {"data_transport_mode": 1}},
-    }
-    if precision == "int8":
-        quantize: dict[str, Any] = {"calibrate_mode": VAMC_CALIBRATION[calibration], "quantize_per_channel": True}
-        if dsp_upsampling:
-            quantize["quantize_dsp_ops"] = ["vacc_upsampling"]
-        config["backend"]["quantize"] = quantize
-        config["dataset"] = {
+        "backend": {"type": "tvm_vacc", "dtype": precision, "compile": {"data_transport_mode": 1},
+                    "quantize": quantize},
+        "dataset": {
             "type": "tvm",
-            "path": calibration_data,
-            "sampler": {"suffix": calibration_suffix, "get_data_num": calibration_images},
+            "path": data.path,
+            "sampler": {"suffix": data.suffix, "get_data_num": data.count},
             "process_ops": [
                 {"type": "DecodeImage", "cv2_flags": 1 if channels == 3 else 0},  # cv2: 1 colour, 0 greyscale
                 {"type": "Resize", "size": [height, width]},
                 {"type": "Normalize", "norm_type": None},
                 {"type": "ToTensor"},
             ],
-        }
-    config["workspace"] = {"path": WORKSPACE}
-    return config
+        },
+        "workspace": {"path": WORKSPACE},
+    }
 
 
 def vamc_yaml(config: dict[str, Any]) -> str:
@@ -79,4 +104,7 @@ def vamc_yaml(config: dict[str, Any]) -> str:
 
     header = (f"# Build configuration for Vastai's model compiler, written by `unet-pipeline export`.\n"
               f"# Compile with: vamc compile {config['name']}.yaml (run it in this folder)\n")
+    if config["backend"]["dtype"] == "fp16":
+        header += ("# fp16: vamc does not read `quantize` and `dataset`; they are kept, as in the zoo's UNet builds,\n"
+                   "# so that setting backend.dtype to int8 (and dataset.path to real images) makes an int8 build.\n")
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

@@ -6,14 +6,17 @@ own calibrators). They are made extra graph outputs, and the model runs once per
 under milesial's scale), in two passes: the first finds each tensor's min and max, the second fills a
 `BINS`-bin histogram of |x| over [0, max |x|] (TensorRT's layout), so no activation is ever stored.
 
-Ranges (`activation_ranges`):
+Ranges (`activation_ranges`; method names and aliases: `pipeline.quantize.methods`):
 
 * "minmax": [min, max] as observed.
-* "entropy": |x| clipped at the KL-divergence threshold (`thresholds.kl_threshold`).
+* "kl_pytorch_quantization" (alias "entropy"): |x| clipped at NVIDIA pytorch-quantization's KL-divergence
+  threshold (`thresholds.kl_threshold`; 256 levels for a non-negative tensor, 128 for a signed one).
+* "kl_tensorrt": |x| clipped at the classic TensorRT KL-divergence threshold (`kl_tensorrt.kl_threshold_tensorrt`:
+  128 levels, the zero bin kept).
 * "percentile": |x| clipped where its histogram reaches 99.99 % (`thresholds.percentile_threshold`).
 
-For entropy and percentile a tensor that was never negative gets [0, T] (its uint8 values cover that range: the
-KL search uses 256 levels), any other tensor [-T, T] (128 levels per side, as TensorRT's signed int8).
+For the clipping methods a tensor that was never negative gets [0, T] (onnxruntime's uint8 activations cover
+that range), any other tensor [-T, T].
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.quantize import methods
+from pipeline.quantize.kl_tensorrt import kl_threshold_tensorrt
 from pipeline.quantize.thresholds import kl_threshold, percentile_threshold
 
 BINS = 2048
@@ -122,16 +127,23 @@ def collect_statistics(model, inputs: Sequence[np.ndarray], *, threads: int = 1)
 
 
 def activation_range(stats: TensorStats, method: str) -> tuple[float, float]:
-    """(low, high) of one tensor under a calibration method ("entropy", "percentile" or "minmax")."""
-    if method == "minmax" or stats.abs_max == 0:
+    """(low, high) of one tensor under a calibration method (a name or alias of `methods.CALIBRATIONS`).
+
+    Raises:
+        UnknownNameError: an unknown method (the message lists the valid names).
+    """
+    name = methods.canonical_name(method)
+    if name == methods.MINMAX or stats.abs_max == 0:
         return stats.minimum, stats.maximum
     unsigned = stats.minimum >= 0
-    if method == "entropy":
+    if name == methods.KL_PYTORCH_QUANTIZATION:
         threshold = kl_threshold(stats.histogram, stats.bin_width, UNSIGNED_LEVELS if unsigned else SIGNED_LEVELS)
-    elif method == "percentile":
+    elif name == methods.KL_TENSORRT:
+        threshold = kl_threshold_tensorrt(stats.histogram, stats.bin_width)
+    elif name == methods.PERCENTILE:
         threshold = percentile_threshold(stats.histogram, stats.bin_width)
-    else:
-        raise ValueError(f"unknown calibration method {method!r}; expected entropy, percentile or minmax")
+    else:  # registered in `methods` but given no computation here
+        raise NotImplementedError(f"calibration method {name!r} has no range computation in {__name__}")
     return (0.0 if unsigned else -threshold), threshold
 
 

@@ -1,8 +1,9 @@
 """Clipping thresholds for int8 activations, from a histogram of |x| (bin k counts |x| in [k, k+1) * width).
 
-`kl_threshold` is TensorRT's entropy calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017), with the
-arithmetic of NVIDIA's reference implementation (TensorRT/tools/pytorch-quantization, `calib/histogram.py`,
-`_compute_amax_entropy`):
+`kl_threshold` is TensorRT's entropy calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017) as NVIDIA's
+pytorch-quantization computes it (TensorRT/tools/pytorch-quantization, `calib/histogram.py`,
+`_compute_amax_entropy`): the calibration method `kl_pytorch_quantization` (alias `entropy`; the slide's classic
+variant is `kl_tensorrt.kl_threshold_tensorrt`). Its arithmetic:
 
 * the first bin is replaced by the second (it holds the exact zeros a ReLU produces; left in, that spike
   dominates every divergence and drives the threshold down to the smallest candidate);
@@ -16,7 +17,8 @@ arithmetic of NVIDIA's reference implementation (TensorRT/tools/pytorch-quantiza
 
 `levels` is 128 for a signed tensor (int8: 128 steps per side) and 256 for a non-negative one (uint8).
 TVM's `kl_divergence` (the lineage of Vastai vamc's) minimises the same divergence with MXNet's variant of the
-arithmetic (symmetric histogram, smoothing instead of the zero-bin fix); vamc's own code is not public.
+arithmetic (symmetric histogram, smoothing instead of the zero-bin fix, about 128 levels for a non-negative
+tensor: closer to `kl_tensorrt`, see `pipeline.quantize.methods`); vamc's own code is not public.
 
 The divergences of all candidates are computed at once from prefix sums (module docstring of `kl_divergences`);
 tests compare them with a per-candidate loop written after NVIDIA's code.

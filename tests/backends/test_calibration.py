@@ -1,4 +1,5 @@
-"""int8 calibration: the KL threshold search against a slow reference, percentiles, statistics, ranges."""
+"""int8 calibration: both KL threshold searches against slow references of their published algorithms,
+percentiles, statistics, ranges, and the one registry of method names."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
+from pipeline.errors import UnknownNameError
+from pipeline.quantize import CALIBRATION_METHODS, methods
 from pipeline.quantize.calibration import (
-    BINS, TensorStats, activation_range, collect_statistics, tensors_to_calibrate,
+    BINS,
+    TensorStats,
+    activation_range,
+    collect_statistics,
+    tensors_to_calibrate,
 )
+from pipeline.quantize.kl_tensorrt import kl_divergences_tensorrt, kl_threshold_tensorrt
 from pipeline.quantize.thresholds import kl_divergences, kl_threshold, percentile_threshold
 
 
@@ -33,6 +41,37 @@ def reference_divergences(histogram: np.ndarray, levels: int, start_bin: int = 1
         q = np.array([density[g] if g != -1 else 0.0 for g in digitized])
         p = bins[:i].copy()
         p[-1] += bins[i:].sum()
+        divergences.append(entropy(p, q))
+    return np.array(divergences)
+
+
+def tensorrt_reference_divergences(histogram: np.ndarray, levels: int = 128, start_bin: int = 128) -> np.ndarray:
+    """The classic algorithm of Migacz's GTC 2017 slide, one candidate at a time:
+
+    for i in range(128, bins): P = bin[0..i-1], outliers added to P[i-1]; Q = bin[0..i-1] quantized into 128
+    levels (level j spans i / 128 bins; a bin split between levels counts in each by its overlap) and expanded
+    back over the non-empty bins in proportion to their overlap; divergence = KL(P || Q).
+    """
+    bins = np.array(histogram, dtype=np.float64)
+    divergences = []
+    for i in range(start_bin, len(bins)):
+        p = bins[:i].copy()
+        p[i - 1] += bins[i:].sum()
+        width = i / levels
+        q = np.zeros(i)
+        for level in range(levels):
+            low, high = level * width, (level + 1) * width
+            count, weight, members = 0.0, 0.0, []
+            for k in range(int(np.floor(low)), int(np.ceil(high))):
+                overlap = min(high, k + 1) - max(low, k)
+                if overlap <= 0:
+                    continue
+                count += overlap * bins[k]
+                if bins[k] != 0:
+                    weight += overlap
+                    members.append((k, overlap))
+            for k, overlap in members:
+                q[k] += count / weight * overlap
         divergences.append(entropy(p, q))
     return np.array(divergences)
 
@@ -107,8 +146,55 @@ def test_activation_range_signed_unsigned_and_minmax():
     unsigned = TensorStats(0.0, float(relu.max()), histogram_of(relu)[0])
     low, high = activation_range(unsigned, "percentile")
     assert low == 0.0 and 0 < high <= relu.max()
-    with pytest.raises(ValueError, match="unknown calibration method"):
+    with pytest.raises(UnknownNameError, match="Unknown calibration method 'mse'.*kl_tensorrt"):
         activation_range(signed, "mse")
+
+
+@pytest.mark.parametrize("kind", ["student-t", "relu", "laplace"])
+def test_tensorrt_kl_divergences_equal_the_reference_loop(kind):
+    hist, _ = histogram_of(_samples(kind), bins=512)
+    candidates, fast = kl_divergences_tensorrt(hist)
+    slow = tensorrt_reference_divergences(hist)
+    assert candidates.tolist() == list(range(128, 512))  # range(128, bins): all bins kept is no candidate
+    assert np.array_equal(np.isinf(fast), np.isinf(slow))
+    finite = np.isfinite(slow)
+    assert finite.sum() > 50
+    np.testing.assert_allclose(fast[finite], slow[finite], rtol=1e-9, atol=1e-12)
+
+
+def test_tensorrt_threshold_is_half_a_bin_past_the_first_minimum():
+    values = _samples("gaussian+outliers")
+    hist, width = histogram_of(values)
+    slow = tensorrt_reference_divergences(hist)
+    expected = (int(np.argmin(slow)) + 128 + 0.5) * width  # the slide: threshold = (m + 0.5) * bin width
+    assert kl_threshold_tensorrt(hist, width) == pytest.approx(expected, rel=1e-12)
+    assert 3.5 < expected < 10.0  # the outliers are clipped, the Gaussian body kept
+
+
+def test_the_two_kl_variants_differ_on_relu_outputs_and_agree_on_signed_tensors():
+    """The zero spike of a ReLU drags the classic threshold down; the zero-bin fix of pytorch-quantization
+    ignores it. A signed tensor has no such spike."""
+    relu = np.maximum(np.random.default_rng(5).standard_t(4, 200_000), 0.0)
+    hist, width = histogram_of(relu)
+    classic, nvidia = kl_threshold_tensorrt(hist, width), kl_threshold(hist, width, 256)
+    assert nvidia > 3 * classic, (nvidia, classic)
+    signed = np.random.default_rng(6).standard_t(4, 200_000)
+    hist, width = histogram_of(signed)
+    assert kl_threshold_tensorrt(hist, width) == pytest.approx(kl_threshold(hist, width, 128), rel=0.02)
+    stats = TensorStats(0.0, float(relu.max()), histogram_of(relu)[0])
+    assert activation_range(stats, "kl_tensorrt") == (0.0, pytest.approx(classic))
+    assert activation_range(stats, "entropy") == activation_range(stats, "kl_pytorch_quantization") == (
+        0.0, pytest.approx(nvidia))
+
+
+def test_one_registry_names_every_method_and_entropy_is_the_default_kl_alias():
+    assert CALIBRATION_METHODS == ("kl_pytorch_quantization", "kl_tensorrt", "percentile", "minmax", "entropy")
+    assert methods.canonical_name("entropy") == methods.DEFAULT_KL == "kl_pytorch_quantization"
+    assert methods.is_alias("entropy") and not methods.is_alias("kl_tensorrt")
+    assert set(methods.KL_VARIANTS) == {"kl_pytorch_quantization", "kl_tensorrt"}
+    assert {methods.get_method(n).vamc_mode for n in CALIBRATION_METHODS} == {"kl_divergence", "percentile", "max"}
+    with pytest.raises(UnknownNameError, match="Did you mean 'kl_tensorrt'"):
+        methods.get_method("kl_tensorrtt")
 
 
 def _tiny_graph():
@@ -140,3 +226,14 @@ def test_collect_statistics_matches_numpy_on_a_tiny_graph():
         reference, _ = np.histogram(np.abs(flat), bins=BINS, range=(0, np.abs(flat).max()))
         # the same bins up to values on a bin edge (float rounding of |x| / width)
         assert np.abs(stats[name].histogram - reference).sum() <= 4
+
+
+def test_table_scores_int8_with_both_kl_variants_unless_another_method_is_asked_for():
+    assert methods.table_calibrations("int8") == ("kl_pytorch_quantization", "kl_tensorrt")
+    assert methods.table_calibrations("int8", "entropy") == methods.table_calibrations("int8", "kl_tensorrt")
+    assert methods.table_calibrations("int8", "percentile") == ("percentile",)
+    assert methods.table_calibrations("fp16", "kl_tensorrt") == methods.table_calibrations("fp32") == (None,)
+    assert methods.precision_label("int8", "entropy") == "int8 (kl_pytorch_quantization)"
+    assert methods.precision_label("fp16", None) == "fp16"
+    with pytest.raises(UnknownNameError):
+        methods.table_calibrations("int8", "kl")

@@ -12,6 +12,7 @@ DIES_PER_CARD = 2  # a VA1-16G card: 2 dies x 8 GB
 SET_DEVICE_FAILED = -1
 
 _current = threading.local()
+_initialised = threading.Event()  # set by the first successful set_device in this process ("init card")
 
 
 def fake_die_ids() -> list[int]:
@@ -26,7 +27,21 @@ def set_device(device_id: int) -> int:
     if device_id not in fake_die_ids():
         return SET_DEVICE_FAILED
     _current.device_id = device_id
+    _initialised.set()
     return 0
+
+
+def require_initialised(what: str) -> None:
+    """Refuse card queries before the runtime is initialised: both of Vastai's card_info samples call
+    set_device(0) ("init card") before get_all_cards_count() / get_all_cards()."""
+    if not _initialised.is_set():
+        raise RuntimeError(f"{what}: the runtime is not initialised; call vaststreamx.set_device(0) first "
+                           "(\"init card\", as VastStreamX-Samples samples/card_info does)")
+
+
+def fake_reset_init() -> None:
+    """Forget the process's initialisation (tests of the start-up order)."""
+    _initialised.clear()
 
 
 def current_device() -> int | None:
@@ -59,7 +74,13 @@ class Card:
 
 
 def get_all_cards() -> list[Card]:
-    """The configured dies, grouped DIES_PER_CARD to a card in id order."""
+    """The configured dies, grouped DIES_PER_CARD to a card in id order (after set_device: `require_initialised`)."""
+    require_initialised("get_all_cards()")
     ids = sorted(fake_die_ids())
     groups = [ids[i:i + DIES_PER_CARD] for i in range(0, len(ids), DIES_PER_CARD)]
     return [Card(f"fake-card-{n}", "VA1-16G", tuple(DieInfo(i) for i in group)) for n, group in enumerate(groups)]
+
+
+def get_all_cards_count() -> int:
+    require_initialised("get_all_cards_count()")
+    return len(get_all_cards())

@@ -25,8 +25,13 @@ class Model:
     """`Model(model_prefix, batch_size=1, hw_config="")`: `<prefix>.so/.json/.params` must exist.
 
     `<prefix>.json` holds, under "vsx_fake": "model" (a pipeline.models registry name), "model_config",
-    "input_shape" [1, c, H, W], "output_shape" [1, C, H, W] and "max_batch_size"; `<prefix>.params` holds the
-    weights as a torch state dict. `batch_size` reads back min(requested, max_batch_size).
+    "input_shape" [1, c, H, W], "output_shape" [1, C, H, W], "max_batch_size" and, for int8 models,
+    "activation_thresholds" {module name: T}; `<prefix>.params` holds the weights as a torch state dict.
+    `batch_size` reads back min(requested, max_batch_size).
+
+    int8: the input of every module named in activation_thresholds (each Conv2d and ConvTranspose2d) is
+    fake-quantized per tensor, symmetric int8: x -> clamp(round(x / s), -127, 127) * s with s = T / 127 (float32;
+    round half to even), s = float32(T / 127).
     """
 
     def __init__(self, model_prefix: str, batch_size: int = 1, hw_config: str = "") -> None:
@@ -51,13 +56,26 @@ class Model:
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
             raise RuntimeError(f"Model(): {model_prefix} is not a fake-compiled model ({err})") from err
         self._network = network.float().eval()
+        modules = dict(self._network.named_modules())
+        for name, threshold in sidecar.get("activation_thresholds", {}).items():
+            modules[name].register_forward_pre_hook(_activation_quantizer(float(threshold)))
         self.batch_size = min(batch_size, self.max_batch_size)
         self.input_count = self.output_count = 1
         _live_models.add(self)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """One (c, H, W) float16 input -> (1, C, H, W) float16 (see the package docstring, "Numerics")."""
+        """One (c, H, W) float16 input -> (1, C, H, W) float16 (see the package docstring, "Numerics").
+
+        A one-channel model takes the op's three planes only when they are equal (the vendor's one-channel
+        runners replicate the channel; how the device maps three planes onto one channel is undocumented), and
+        gets the first.
+        """
         expected = self.input_shape[0][1:]
+        if expected[0] == 1 and x.ndim == 3 and x.shape[0] == 3:
+            if not (np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2])):
+                raise RuntimeError("a one-channel model got three different planes: feed RGB_PLANAR images with "
+                                   "the grey plane replicated, as the zoo's one-channel runners do")
+            x = x[:1]
         if x.shape != expected or x.dtype != np.float16:
             raise RuntimeError(f"the model takes float16 {expected} inputs, the pre-processing op gave "
                                f"{x.dtype} {x.shape}: the VDSP JSON does not fit this model")
@@ -71,6 +89,15 @@ class Model:
         if tuple(y.shape) != self.output_shape[0]:
             raise RuntimeError(f"the network gave {tuple(y.shape)}, the model's output_shape is {self.output_shape[0]}")
         return y.numpy().astype(np.float16)
+
+
+def _activation_quantizer(threshold: float):
+    scale = torch.tensor(threshold / 127 if threshold > 0 else 1.0, dtype=torch.float32)
+
+    def hook(module, inputs):
+        return (torch.round(inputs[0] / scale).clamp(-127, 127) * scale, *inputs[1:])
+
+    return hook
 
 
 class ModelOperator:

@@ -27,15 +27,16 @@ class BuildinOperator:
         self.std = np.asarray(config.get("Std", ()), np.float32)
 
     @property
-    def attributes(self) -> dict[AttrKey, int]:
-        return {AttrKey.IIMAGE_FORMAT: int(self.image_format), AttrKey.RESIZE_WIDTH: self.output_size[1],
-                AttrKey.RESIZE_HEIGHT: self.output_size[0]}
+    def attributes(self) -> dict[str, int]:
+        """Keyed by name: VastStreamX-Samples tests `"IIMAGE_FORMAT" in op.attributes.keys()`."""
+        return {AttrKey.IIMAGE_FORMAT.name: int(self.image_format), AttrKey.RESIZE_WIDTH.name: self.output_size[1],
+                AttrKey.RESIZE_HEIGHT.name: self.output_size[0]}
 
     def cast_to_buildin_operator(self) -> BuildinOperator:
         return self
 
     def get_attribute(self, key: AttrKey) -> int:
-        return self.attributes[key]
+        return self.attributes[AttrKey(key).name]
 
     def process(self, image: Image) -> np.ndarray:
         """One image -> the model input, (c, H, W) float16 (see the package docstring, "Numerics")."""

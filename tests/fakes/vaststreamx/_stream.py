@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from vaststreamx._data import GraphOutputType, Image, StreamBalanceMode, Tensor
-from vaststreamx._device import require_device
+from vaststreamx._device import fake_reset_init, require_device
 from vaststreamx._model import ModelOperator
 from vaststreamx._ops import BuildinOperator
 
@@ -18,7 +18,9 @@ def fake_run_sync_calls() -> list[tuple[int, int, str]]:
 
 
 def fake_reset() -> None:
+    """Empty the run log and forget the runtime's initialisation (the next get_all_cards needs a set_device)."""
     _run_log.clear()
+    fake_reset_init()
 
 
 class Graph:
@@ -62,7 +64,11 @@ class Stream:
         self._built = True
 
     def run_sync(self, inputs: list[Image]) -> list[list[Tensor]]:
-        """One list of output tensors per input image, in input order."""
+        """One list of output tensors per input image, in input order.
+
+        The calling thread must have bound the model's die (VastStreamX-Samples' profilers call set_device in
+        every thread that runs a model), and every image must have been made for that die.
+        """
         if not self._built:
             raise RuntimeError("run_sync(): the stream is not built; call build() first")
         fusion, model = self.graph.operators[0], self._output.model
