@@ -27,6 +27,8 @@ from typing import Any, Literal, TypeVar
 from pipeline.errors import ConfigError
 from pipeline.io.fs import S3Options
 from pipeline.io.images import DEFAULT_MAX_PIXELS
+from pipeline.quantize.methods import DEFAULT as DEFAULT_CALIBRATION
+from pipeline.quantize.methods import get_method
 from pipeline.sizes import parse_size
 
 FORMATS = ("parquet", "png", "both")
@@ -151,8 +153,10 @@ class BackendConfig:
     precision: str = setting("fp32", result=True, help="Numeric precision of the backend.")
     options: dict[str, Any] = setting(result=True, key="backend_options", factory=dict,
                                       help="Backend-specific settings (config files), e.g. {channels_last: 0}.")
-    calibration: str = setting("entropy", result=True,
-                               help="int8: activation range calibration (entropy = KL divergence).")
+    calibration: str = setting(DEFAULT_CALIBRATION, result=True,
+                               help="int8: activation range calibration: kl_pytorch_quantization (alias entropy, "
+                                    "NVIDIA pytorch-quantization's KL search), kl_tensorrt (classic TensorRT KL), "
+                                    "percentile (99.99%) or minmax.")
     calibration_images: int = setting(32, result=True,
                                       help="int8: images of the dataset used for calibration (once per job, cached).")
     vacc_model: str | None = setting(None, result=True,
@@ -160,6 +164,7 @@ class BackendConfig:
     actors_per_die: int = setting(1, result=False, help="vacc: inference actors sharing one VACC die.")
 
     def __post_init__(self) -> None:
+        get_method(self.calibration)  # an unknown method is refused with the closest name
         if self.calibration_images < 1:
             raise ConfigError(f"--calibration-images must be at least 1, got {self.calibration_images}.")
         if self.actors_per_die < 1:

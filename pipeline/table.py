@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.backends.variants import BackendVariant
+from pipeline.quantize.methods import precision_label, table_calibrations
 
 DEFAULT_VARIANTS = "torch:fp32,onnx:fp16,onnx:int8"
 BUILTIN_SHAPES = ((128, 128),)  # the built-in images are 96-160 px: score them near their own scale
 BINARY_CLASS_NAMES = ("background", "shape")
 COLUMNS = ("model", "backbone", "source", "gflops", "params", "miou", "dataset", "shape", "backend", "precision",
-           "images_per_second", "miou_change")
+           "calibration", "images_per_second", "miou_change")
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,8 @@ def _dataset_label(uri: str) -> str:
 
 def run_table(spec: TableSpec) -> list[dict[str, Any]]:
     """Score every model x shape x variant; rows in that order, each with its mIoU change against fp32."""
-    from pipeline.config import RunConfig
     from pipeline.models import load_model
     from pipeline.models.figures import model_figures
-    from pipeline.run import run
 
     rows: list[dict[str, Any]] = []
     for index, entry in enumerate(spec.models):
@@ -127,25 +126,9 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
             figures = model_figures(family.name, (channels, height, width), convention="seed", **loaded.config)
             group: list[dict[str, Any]] = []
             for variant in spec.variants:
-                run_settings = {"processing": "model-res", **dataset_settings, **spec.run, **settings}
-                run_settings.pop("input", None)
-                name = f"{index:02d}-{family.name}-{height}x{width}-{variant.backend}-{variant.precision}"
-                config = RunConfig.from_dict({
-                    **run_settings, "command": "score", "input": dataset, "output": f"{spec.output}/runs/{name}",
-                    "model": family.name, "checkpoint": entry.checkpoint, "input_size": (height, width),
-                    "backend": variant.backend, "precision": variant.precision, "backend_options": variant.options,
-                    "report": False})
-                metrics = run(config).metrics
-                group.append({
-                    "model": family.name, "backbone": family.backbone, "source": family.source,
-                    "gflops": round(figures["gflops"], 3), "params": figures["parameters"],
-                    "miou": metrics["miou"], "dataset": _dataset_label(dataset),
-                    "shape": f"{channels}x{height}x{width}",
-                    "backend": variant.backend, "precision": variant.precision,
-                    "images_per_second": metrics["timings"]["images_per_second"], "miou_change": None,
-                    "checkpoint": entry.checkpoint, "num_images": metrics["num_images"],
-                    "num_errors": metrics["num_errors"], "run": config.output.uri,
-                })
+                for calibration in table_calibrations(variant.precision, spec.run.get("calibration")):
+                    group.append(_score_cell(spec, index, family.name, entry, settings, dataset, dataset_settings,
+                                             figures, (channels, height, width), variant, calibration))
             reference = next((row for row in group if row["precision"] == "fp32"), None)
             for row in group:
                 row["reference"] = row is reference
@@ -153,6 +136,38 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
                     row["miou_change"] = row["miou"] - reference["miou"]
             rows.extend(group)
     return rows
+
+
+def _score_cell(spec: TableSpec, index: int, model: str, entry: ModelEntry, settings: dict[str, Any], dataset: str,
+                dataset_settings: dict[str, Any], figures: dict[str, Any], shape: tuple[int, int, int],
+                variant: BackendVariant, calibration: str | None) -> dict[str, Any]:
+    """One row: a full scoring run of one model x shape x variant (x calibration for int8)."""
+    from pipeline.config import RunConfig
+    from pipeline.run import run
+
+    channels, height, width = shape
+    run_settings = {"processing": "model-res", **dataset_settings, **spec.run, **settings}
+    run_settings.pop("input", None)
+    if calibration is not None:
+        run_settings["calibration"] = calibration
+    name = f"{index:02d}-{model}-{height}x{width}-{variant.backend}-{variant.precision}"
+    name += f"-{calibration}" if calibration else ""
+    config = RunConfig.from_dict({
+        **run_settings, "command": "score", "input": dataset, "output": f"{spec.output}/runs/{name}",
+        "model": model, "checkpoint": entry.checkpoint, "input_size": (height, width),
+        "backend": variant.backend, "precision": variant.precision, "backend_options": variant.options,
+        "report": False})
+    metrics = run(config).metrics
+    about: dict[str, Any] = metrics["model"]
+    return {
+        "model": about["name"], "backbone": about["backbone"], "source": about["source"],
+        "gflops": round(figures["gflops"], 3), "params": figures["parameters"],
+        "miou": metrics["miou"], "dataset": _dataset_label(dataset), "shape": f"{channels}x{height}x{width}",
+        "backend": variant.backend, "precision": variant.precision, "calibration": calibration,
+        "images_per_second": metrics["timings"]["images_per_second"], "miou_change": None,
+        "checkpoint": entry.checkpoint, "num_images": metrics["num_images"], "num_errors": metrics["num_errors"],
+        "run": config.output.uri,
+    }
 
 
 def _percent(value: float | None, signed: bool = False) -> str:
@@ -171,7 +186,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         speed = "n/a" if r["images_per_second"] is None else f"{r['images_per_second']:.2f}"
         lines.append(f"| {r['model']} | {r['backbone']} | {r['source']} | {r['gflops']:.3f} | "
                      f"{r['params'] / 1e6:.3f} | {_percent(r['miou'])} | {r['dataset']} | {r['shape']} | "
-                     f"{r['backend']} | {r['precision']} | {speed} | "
+                     f"{r['backend']} | {precision_label(r['precision'], r.get('calibration'))} | {speed} | "
                      f"{'-' if r['reference'] else _percent(r['miou_change'], signed=True)} |")
     return "\n".join(lines) + "\n"
 

@@ -154,14 +154,19 @@ class VaccBackend:
         self._closed = False
         self._lock = threading.Lock()
         self._claim: DieClaim | None = None
-        self._stream = self._graph = self._model_op = self._ops = self._model = None
+        self._stream: Any = None
+        self._graph: Any = None
+        self._model_op: Any = None
+        self._ops: Any = None
+        self._model: Any = None
+        self._image_format: Any = None
         options = spec.options
         if not options.get("vacc_model"):
             raise ConfigError("The vacc backend spec has no vacc_model option: build it with "
                               "pipeline.backends.prepare_backend (which `unet-pipeline score --backend vacc "
                               "--vacc-model PREFIX` does).")
         self._vsx = vsx = import_sdk()
-        from pipeline.defaults import cache_dir
+        from pipeline.cache import cache_dir
 
         cache = str(cache_dir() / "vacc")
         vdsp = options.get("vacc_vdsp_params")
@@ -179,6 +184,8 @@ class VaccBackend:
 
     @property
     def die_id(self) -> int:
+        if self._claim is None:
+            raise RuntimeError("This VACC backend holds no die (it was closed or never opened).")
         return self._claim.die_id
 
     def _open(self, prefix: str, vdsp: str | None, batch_size: int, cache: str) -> None:

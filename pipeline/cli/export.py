@@ -10,30 +10,15 @@ import click
 
 from pipeline.cli.options import model_options
 from pipeline.errors import ConfigError
+from pipeline.io.images import IMAGE_EXTENSIONS
+from pipeline.sizes import parse_shape
 from pipeline.quantize import CALIBRATION_METHODS
 from pipeline.quantize.methods import DEFAULT as DEFAULT_CALIBRATION
 
 if TYPE_CHECKING:
     from pipeline.export.vamc import CalibrationData
 
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
-
-
-def parse_shape(text: str | None, in_channels: int) -> tuple[int, int, int] | None:
-    """`--input-size` N, HxW or CxHxW -> (C, H, W); C must be the model's input channels."""
-    if text is None:
-        return None
-    tokens = [t.strip() for t in text.lower().split("x")]
-    if not 1 <= len(tokens) <= 3 or not all(t.isdigit() and int(t) > 0 for t in tokens):
-        raise click.BadParameter(f"expected N, HxW or CxHxW (e.g. 512, 256x320, 3x512x512), got {text!r}",
-                                 param_hint="--input-size")
-    values = [int(t) for t in tokens]
-    channels, height, width = ([in_channels] * (3 - len(values)) + values) if len(values) > 1 else (
-        in_channels, values[0], values[0])
-    if channels != in_channels:
-        raise click.BadParameter(f"the model takes {in_channels} input channel(s), the shape says {channels}",
-                                 param_hint="--input-size")
-    return channels, height, width
+IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS if e not in (".gif", ".webp"))  # vamc reads with OpenCV
 
 
 def calibration_data_of(folder: str, requested: int) -> CalibrationData:
@@ -109,8 +94,8 @@ def export(out_dir: str, precision: str, calibration: str, calibration_data: str
     overrides = {key: params.get(key) for key in ("num_classes", "in_channels", "bilinear", "base_channels",
                                                  "conv_bias")}
     loaded = load_model(params.get("model"), checkpoint, **overrides)
-    channels = int(loaded.module.in_channels)
-    shape = parse_shape(input_size, channels) or (channels, *loaded.family.default_input_size)
+    channels = loaded.in_channels
+    shape = parse_shape(input_size, channels, option="--input-size") or (channels, *loaded.family.default_input_size)
     folder = calibration_data or _default_calibration_data(bool(params.get("checkpoint")))
     if precision == "int8" and folder is None:
         raise click.UsageError("--precision int8 needs --calibration-data FOLDER: the images vamc calibrates on.")

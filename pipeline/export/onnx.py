@@ -141,7 +141,7 @@ def _torch_export(loaded: LoadedModel, size: tuple[int, int], opset: int, axes: 
     import torch
 
     module = loaded.module.eval()
-    example = torch.zeros(1, int(module.in_channels), *size)
+    example = torch.zeros(1, loaded.in_channels, *size)
     dynamic_axes = {INPUT_NAME: axes, OUTPUT_NAME: axes} if axes else None
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -151,7 +151,8 @@ def _torch_export(loaded: LoadedModel, size: tuple[int, int], opset: int, axes: 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
+        torch.onnx.export(module, (example,), buffer,  # type: ignore[arg-type]  # a file-like object works
+                          dynamo=False, opset_version=opset, do_constant_folding=True,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes)
     return buffer.getvalue()
 

@@ -11,4 +11,3 @@
 from pipeline.quantize.methods import calibration_names
 
 CALIBRATION_METHODS = calibration_names()  # every accepted --calibration value, aliases included
-PRECISIONS = ("fp32", "fp16", "int8")

@@ -22,7 +22,7 @@ that range), any other tensor [-T, T].
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class TensorStats:
 
     minimum: float
     maximum: float
-    histogram: np.ndarray | None = None
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # filled by the second pass
 
     @property
     def abs_max(self) -> float:
