@@ -176,7 +176,7 @@ def test_fp16_export_keeps_the_quantize_and_dataset_sections(tmp_path, calibrati
     assert given["dataset"]["path"] == str(calibration_folder.resolve())
     runner = CliRunner()
     wrong = runner.invoke(cli, ["export", "-c", checkpoint, "--shape", "1x64x64", "--out", str(tmp_path / "x")])
-    assert wrong.exit_code != 0 and "takes 3 input channel(s)" in wrong.output
+    assert wrong.exit_code != 0 and "takes 3 input channel(s)" in str(wrong.exception)
     missing = runner.invoke(cli, ["export", "-c", checkpoint, "--out", str(tmp_path / "x")])
     assert missing.exit_code != 0 and "--calibration-data" in missing.output
 

@@ -21,6 +21,8 @@ from reference_weights import write_deterministic_checkpoint
 
 pytestmark = pytest.mark.integration
 VARIANTS = ["torch:fp32", "onnx:fp16", "onnx:int8"]
+ROWS = [("torch", "fp32", None), ("onnx", "fp16", None), ("onnx", "int8", "kl_pytorch_quantization"),
+        ("onnx", "int8", "kl_tensorrt")]  # int8 with both KL variants side by side
 
 
 def _dataset(root: Path, binary: bool = False) -> str:
@@ -36,7 +38,7 @@ def _table(tmp_path: Path, spec: dict) -> tuple[dict, str]:
 
 
 def _check_rows(rows: list[dict], model: str, config: dict, shape: tuple[int, int, int]) -> None:
-    assert [(r["backend"], r["precision"]) for r in rows] == [tuple(v.split(":")) for v in VARIANTS]
+    assert [(r["backend"], r["precision"], r["calibration"]) for r in rows] == ROWS
     figures = model_figures(model, shape, convention="seed", **config)
     fp32 = rows[0]
     for row in rows:
@@ -46,6 +48,8 @@ def _check_rows(rows: list[dict], model: str, config: dict, shape: tuple[int, in
         assert row["params"] == figures["parameters"] and row["gflops"] == pytest.approx(figures["gflops"], abs=1e-3)
         assert row["images_per_second"] > 0
         assert metrics["backend"]["precision"] == row["precision"]
+        if row["calibration"]:
+            assert metrics["config"]["calibration"] == row["calibration"]
         assert row["reference"] == (row is fp32)
         assert row["miou_change"] == pytest.approx(row["miou"] - fp32["miou"], abs=1e-12)
         print(f"{model:18s} {row['backend']}:{row['precision']}  mIoU {row['miou']:.4f}  "
@@ -62,8 +66,9 @@ def test_table_writes_fp32_fp16_int8_rows(ray_session, tmp_path, monkeypatch):
     _check_rows(data["rows"], "milesial", config, (3, 64, 64))
     lines = markdown.strip().splitlines()
     assert lines[0].startswith("| model | backbone | source | FLOPs (G) | params (M) | mIoU (%) | dataset | shape |")
-    assert len(lines) == 2 + 3 and "| torch | fp32 |" in lines[2] and lines[2].endswith("| - |")
-    assert "| onnx | int8 |" in lines[4] and "milesial/Pytorch-UNet@a013c80" in lines[4]
+    assert len(lines) == 2 + 4 and "| torch | fp32 |" in lines[2] and lines[2].endswith("| - |")
+    assert "| onnx | int8 (kl_pytorch_quantization) |" in lines[4] and "milesial/Pytorch-UNet@a013c80" in lines[4]
+    assert "| onnx | int8 (kl_tensorrt) |" in lines[5]
 
 
 @pytest.mark.slow
@@ -77,9 +82,10 @@ def test_table_rows_for_one_model_per_family(ray_session, tmp_path, monkeypatch)
     data, _ = _table(tmp_path, {"input": _dataset(tmp_path / "data"), "variants": VARIANTS, "shapes": [64],
                                 "models": models, "run": {"calibration_images": 4}})
     rows = data["rows"]
-    assert len(rows) == 9
+    assert len(rows) == 3 * len(ROWS)
     for index, (name, config) in enumerate(configs.items()):
-        _check_rows(rows[3 * index:3 * index + 3], name, config, (config["in_channels"], 64, 64))
+        group = rows[len(ROWS) * index:len(ROWS) * (index + 1)]
+        _check_rows(group, name, config, (config["in_channels"], 64, 64))
 
 
 def test_builtin_dataset_folds_classes_for_single_output_models(tmp_path, monkeypatch):
