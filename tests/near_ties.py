@@ -16,13 +16,14 @@ their margins, and allowed up to a handful per image; any other difference fails
   that each flip within that margin is really reachable by moving those bytes (otherwise it is a mismatch).
 
 Tolerances (the noise a pixel's reference margin must exceed to be compared exactly):
-* LOGIT_NOISE = 1e-5: logits computed here differ from the fixtures by at most 3.5e-6 (milesial and bubbliiiing,
-  1 or 2 torch threads, OMP_NUM_THREADS=1; test_milesial/test_bubbliiiing assert < 1e-4); a top-2 gap moves by
-  at most twice that (7e-6). 1e-5 covers it with the float32 rounding of the bilinear resize (~1e-7 of the
-  values) on top.
+* LOGIT_NOISE = 2e-5: logits computed here differ from the fixtures by at most 3.4e-6 (milesial <= 2.1e-6,
+  bubbliiiing <= 3.4e-6 in the stored centre; 1 or 2 torch threads, OMP_NUM_THREADS=1; the model tests assert
+  < 1e-4); a top-2 gap moves by at most twice that (6.8e-6), so 2e-5 leaves a factor ~3 for other CPUs' kernels
+  (AVX-512/AMX oneDNN) and the float32 rounding of the bilinear resize (~1e-7 of the values).
 * PROBABILITY_NOISE = 1e-5: a softmax moves a top-2 probability gap by at most half the logit gap's change
-  (d(p1 - p0) <= |d(l1 - l0)| / 2), so logit noise gives <= 3.5e-6; OpenCV's bilinear (upstream bubbliiiing) and
-  torch's differ by ~1e-6; float32 softmax rounding is ~1e-7.
+  (d(p1 - p0) <= |d(l1 - l0)| / 2: <= 1e-5 for the logit tolerance above; one probability of a 2-class softmax
+  moves by at most a quarter of it); OpenCV's bilinear (upstream bubbliiiing) and torch's differ by ~1e-6;
+  float32 softmax rounding is ~1e-7. The flips seen have margins <= 4e-7.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-LOGIT_NOISE = 1e-5
+LOGIT_NOISE = 2e-5
 PROBABILITY_NOISE = 1e-5
-MAX_NEAR_TIES = 5  # near-tie flips allowed per image ("a handful"); 0-2 seen on the reference images
+MAX_NEAR_TIES = 5  # per image ("a handful"): 0 seen here, 2 on an AVX-512/AMX CPU, <= 5 with +-3e-6 noise
 MAX_TOGGLED_BYTES = 12  # pinned path: at most 2**12 byte combinations tried per flipped pixel
 
 
