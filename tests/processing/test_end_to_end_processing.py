@@ -88,6 +88,21 @@ def test_milesial_end_to_end_masks_are_exact(milesial_unet, scale, image):
         assert np.array_equal(np.asarray(proc.upstream_png(classes)) == np.asarray(png), classes == expected)
 
 
+@pytest.fixture
+def torch_threads(request):
+    """torch's intra-op thread count for one test (process-wide, so put back after it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2], indirect=True)
+def test_milesial_masks_do_not_depend_on_the_thread_count(milesial_unet, torch_threads):
+    """The case issue 11 saw fail (oneDNN picks its kernels by thread count): near ties only, whatever it is."""
+    test_milesial_end_to_end_masks_are_exact(milesial_unet, "0.5", "img0_500x375")
+
+
 @pytest.mark.parametrize("input_size", [256, 512])
 @pytest.mark.parametrize("image", IMAGES)
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet50"])
