@@ -28,7 +28,7 @@ for _key, _value in FAKE_CREDENTIALS.items():
 ROOT = Path(__file__).resolve().parent.parent
 # Every test starts from fixed seeds and must leave thread counts, torch flags, the environment, the working
 # directory and the Ray session as it found them (tests/isolation.py).
-pytest_plugins = ("isolation",)
+pytest_plugins = ("isolation", "pytester")  # pytester: tests/test_isolation.py
 
 
 def _free_port() -> int:
