@@ -32,12 +32,14 @@ def ensure_ray(address: str | None = None, *, progress: bool | None = None) -> N
     """
     import ray
 
-    for key, value in {**_QUIET_ENV, **NODE_LOSS_RETRY_ENV}.items():
-        os.environ.setdefault(key, value)
     show_progress = progress_default() if progress is None else progress
-    if not show_progress:
-        os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
     if not ray.is_initialized():
+        # Read once, when Ray starts or connects: set them only then, not on every call (a process that already
+        # runs Ray, a test session or a notebook, keeps its environment).
+        for key, value in {**_QUIET_ENV, **NODE_LOSS_RETRY_ENV}.items():
+            os.environ.setdefault(key, value)
+        if not show_progress:
+            os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)

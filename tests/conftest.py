@@ -26,6 +26,9 @@ for _key, _value in FAKE_CREDENTIALS.items():
     os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every test starts from fixed seeds and must leave thread counts, torch flags, the environment, the working
+# directory and the Ray session as it found them (tests/isolation.py).
+pytest_plugins = ("isolation", "pytester")  # pytester: tests/test_isolation.py
 
 
 def _free_port() -> int:
@@ -36,18 +39,26 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray shared by every test of the session (starting one costs ~7 s)."""
-    import ray
+    """A local Ray shared by every test of the session (starting one costs ~7 s).
 
-    if not ray.is_initialized():
+    Always this fixture's own Ray, with the resources and worker path below: a Ray some other code started in this
+    process (which tests/isolation.py reports as a leak) is replaced, never reused.
+    """
+    import ray
+    from isolation import restore_session_state, session_state
+
+    from pipeline.ray_env import ensure_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with session_state() as before:  # the driver's PYTHONBREAKPOINT, Ray's for the session
         # tests/fakes on the workers' path: the fake `vaststreamx` for VACC actors (tests/backends/test_vacc_ray.py).
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False,
                  resources={"VACC": 2}, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT / "tests" / "fakes")}})
-    from pipeline.ray_env import ensure_ray
-
-    ensure_ray(progress=False)
+        ensure_ray(progress=False)
     yield ray
     ray.shutdown()
+    restore_session_state(before)
 
 
 # The S3 server's address and credentials are fixed before any Ray starts, so that Ray workers inherit them from

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from pipeline.demo.synthetic import make_sample
@@ -125,3 +128,57 @@ def write_folder(root: Path, items) -> Path:
     for item_id, image, _ in items:
         image.save(root / f"{item_id}.png")
     return root
+
+
+# ------------------------------------------------------------------------------------------- one case per layout
+
+@dataclass(frozen=True)
+class LayoutCase:
+    """How the tests write a dataset in one registered layout, and what the pipeline then sees.
+
+    Attributes:
+        write: writes (id, RGB image, class-index label) items under a root folder and returns that root.
+        input_subdir: where `--input` points inside the root ("" = the root itself).
+        binary: the layout's labels hold classes 0/1 (the items' shape classes fold into 1, void into 0).
+        in_channels: the images' channels as the layout stores them (isbi: greyscale).
+        lossy: images are stored as JPEG (only their size survives exactly).
+    """
+
+    write: Callable[[Path, list], Path]
+    input_subdir: str = ""
+    binary: bool = False
+    in_channels: int = 3
+    lossy: bool = False
+
+    def ground_truth(self, classes: np.ndarray) -> np.ndarray:
+        """The class-index label the layout's label rule should give for an item's written label."""
+        if self.binary:
+            return (np.where(classes == 255, 0, classes) > 0).astype(np.uint8)
+        return classes
+
+    def as_stored(self, image: Image.Image) -> Image.Image:
+        """The image as the pipeline decodes it from the file `write` made."""
+        if self.lossy:
+            image = Image.open(io.BytesIO(jpeg_bytes(image))).convert("RGB")
+        return image.convert("L") if self.in_channels == 1 else image
+
+
+LAYOUT_CASES: dict[str, LayoutCase] = {
+    "voc": LayoutCase(write_voc, input_subdir="VOCdevkit/VOC2012", lossy=True),
+    "carvana": LayoutCase(write_carvana, binary=True, lossy=True),
+    "isbi": LayoutCase(write_isbi, binary=True, in_channels=1),
+    "pairs": LayoutCase(write_pairs),
+    "folder": LayoutCase(write_folder),
+    "parquet": LayoutCase(write_parquet),
+    "webdataset": LayoutCase(write_webdataset),
+}
+
+
+def layout_case(name: str) -> LayoutCase:
+    """The case of a registered layout; a layout registered without one fails the test that asks, saying what to
+    add."""
+    if name not in LAYOUT_CASES:
+        pytest.fail(f"Layout {name!r} is registered in pipeline.datasets.LAYOUTS but tests/factories.py has no "
+                    f"LayoutCase for it: add a write_{name.replace('-', '_')}(root, items) writer and "
+                    f"LAYOUT_CASES[{name!r}] = LayoutCase(write_...).", pytrace=False)
+    return LAYOUT_CASES[name]

@@ -31,8 +31,6 @@ class TorchBackend:
                 f"--device {spec.device} was asked for but torch sees no CUDA device here: use --device cpu, or run "
                 "on a node with a GPU (Ray places the actors there when --device cuda requests num_gpus=1)."
             )
-        if spec.threads:
-            torch.set_num_threads(int(spec.threads))
         self._torch = torch
         self._to_network_input = to_network_input
         loaded = load_model(spec.model, spec.checkpoint, s3=s3, **spec.model_config)
@@ -45,6 +43,12 @@ class TorchBackend:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module: Any = module
         self._closed = False
+        # torch's intra-op pool is process-wide: set it last (once nothing can fail) for this backend's life, and
+        # put it back on close, so a backend built in the driver (bench's bare loop, tests) leaves the caller's
+        # thread count as it was.
+        self._threads_before = torch.get_num_threads()
+        if spec.threads:
+            torch.set_num_threads(int(spec.threads))
 
     def run(self, images: np.ndarray) -> np.ndarray:
         if self._closed:
@@ -58,6 +62,8 @@ class TorchBackend:
         return out.float().contiguous().cpu().numpy()
 
     def close(self) -> None:
+        if not self._closed:
+            self._torch.set_num_threads(self._threads_before)
         self._module = None
         self._closed = True
 

@@ -152,7 +152,10 @@ def test_backend_through_prepare_and_create(checkpoints, tmp_path):
     torch_backend = create_backend(BackendSpec(name="torch", model="milesial", checkpoint=checkpoints["milesial"],
                                                threads=1), to_network_input)
     batch = np.stack(images)
-    np.testing.assert_allclose(backend.run(batch), torch_backend.run(batch), atol=1e-4)
+    try:
+        np.testing.assert_allclose(backend.run(batch), torch_backend.run(batch), atol=1e-4)
+    finally:
+        torch_backend.close()  # puts torch's process-wide thread count back
     backend.close()
     backend.close()
     with pytest.raises(RuntimeError, match="closed"):

@@ -17,7 +17,7 @@ from PIL import Image
 
 import factories
 from pipeline.cli import cli
-from pipeline.models import create_model
+from pipeline.models import MODELS, create_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,8 +100,10 @@ def test_output_inside_input_is_refused(tmp_path, tiny_checkpoint):
 def test_models_json_lists_the_registry():
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 0, result.output
-    names = {row["name"] for row in json.loads(result.output)}
-    assert names == {"milesial", "bubbliiiing-vgg16", "bubbliiiing-resnet50", "zhixuhao"}
+    rows = json.loads(result.output)
+    assert [row["name"] for row in rows] == MODELS.names()
+    for row in rows:
+        assert row["parameters"] > 0 and row["processing"] == MODELS.get(row["name"]).default_processing
 
 
 def test_predict_writes_one_png_per_image_in_process(tmp_path, ray_session, tiny_checkpoint):

@@ -9,15 +9,17 @@ import pytest
 from PIL import Image
 
 from factories import (
-    samples, write_carvana, write_folder, write_isbi, write_pairs, write_parquet, write_voc, write_webdataset,
+    layout_case, make_sample_pair, samples, write_carvana, write_folder, write_isbi, write_pairs, write_parquet,
+    write_voc,
 )
 from pipeline.config import DataConfig
-from pipeline.datasets import LAYOUTS
+from pipeline.datasets import LAYOUTS, ContainerLayout
 from pipeline.errors import ConfigError, InputError
 from pipeline.io.manifest import plan_shards, read_items
 from pipeline.io.source import read_shard
 
 OPTIONS = DataConfig()
+CONTAINER_LAYOUTS = [name for name in LAYOUTS.names() if isinstance(LAYOUTS.get(name), ContainerLayout)]
 
 
 def _label(layout_name: str, data: bytes, num_classes: int, options: DataConfig = OPTIONS) -> np.ndarray:
@@ -124,10 +126,38 @@ def test_read_shard_turns_missing_files_into_error_rows(tmp_path):
     assert [r["row"] for r in table.to_pylist()] == [0, 1, 2, 4]
 
 
-@pytest.mark.parametrize("name,writer", [("parquet", write_parquet), ("webdataset", write_webdataset)])
-def test_container_layouts_stream_samples(tmp_path, name, writer):
+@pytest.mark.parametrize("name", LAYOUTS.names())
+def test_every_layout_lists_reads_and_decodes_its_samples(tmp_path, name):
+    """Written by the layout's case (tests/factories.py), listed, read and decoded back without Ray."""
+    case = layout_case(name)
+    layout = LAYOUTS.get(name)
+    assert layout.name == name and layout.description
+    items = [(f"x{i:02d}", *make_sample_pair(600 + i, (40 + 8 * i, 32), case.binary)) for i in range(3)]
+    root = case.write(tmp_path / name, items)
+    uri = str(root / case.input_subdir if case.input_subdir else root)
+    shards = plan_shards(layout, uri, OPTIONS, str(tmp_path / "out"), shard_size=2,
+                         expect_labels=layout.has_labels)
+    rows = [r for s in shards for t in read_shard(s, layout, OPTIONS, layout.has_labels, None, frozenset(), 8)
+            for r in t.to_pylist()]
+    assert sorted(r["id"] for r in rows) == [i for i, _, _ in items]
+    assert all(r["error"] == "" for r in rows)
+    rule = layout.label_rule(2 if case.binary else 4, OPTIONS) if layout.has_labels else None
+    for item_id, image, classes in items:
+        row = next(r for r in rows if r["id"] == item_id)
+        decoded = Image.open(io.BytesIO(row["image"]))
+        stored = case.as_stored(image)
+        assert decoded.size == image.size and len(decoded.getbands()) == case.in_channels
+        if not case.lossy:
+            np.testing.assert_array_equal(np.asarray(decoded), np.asarray(stored))
+        if rule is not None:
+            label = rule(Image.open(io.BytesIO(row["label"])))
+            np.testing.assert_array_equal(label, case.ground_truth(classes), err_msg=f"{name} {item_id}")
+
+
+@pytest.mark.parametrize("name", CONTAINER_LAYOUTS)
+def test_container_layouts_stream_samples(tmp_path, name):
     items = samples(5)
-    root = writer(tmp_path / name, items, shards=2)
+    root = layout_case(name).write(tmp_path / name, items)  # in two container files
     layout = LAYOUTS.get(name)
     shards = plan_shards(layout, str(root), OPTIONS, str(tmp_path / "out"), shard_size=2)
     assert len(shards) == 2 and all(s.kind == "container" for s in shards)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from pipeline.errors import CheckpointError, ConfigError
 from pipeline.models import create_model, load_model
 from pipeline.models.checkpoints import HDF5_MAGIC, read_checkpoint
 from pipeline.models.loading import infer_family
+from tests.models.checkpoint_files import write_safetensors
 
 SMALL = {"base_channels": 4, "num_classes": 3}
 
@@ -220,25 +219,6 @@ def test_code_in_a_pickle_is_refused_and_never_runs(small_unet, tmp_path):
             load_model(None, str(path))
         assert str(path) in str(err.value)
     assert not marker.exists()
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """Independent writer: u64 LE header length, JSON header (padded to 8 bytes), raw little-endian bytes."""
-    codes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
-             torch.bool: "BOOL", torch.uint8: "U8"}
-    header: dict = {"__metadata__": metadata} if metadata else {}
-    blobs, offset = [], 0
-    for name, tensor in tensors.items():
-        t = tensor.contiguous()
-        raw = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
-        blob = raw.astype(raw.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": codes[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def test_safetensors_roundtrip(small_unet, tmp_path):

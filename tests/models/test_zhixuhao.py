@@ -8,7 +8,6 @@ reading the arrays straight out of the HDF5 file by their Keras names. It shares
 from __future__ import annotations
 
 import io
-import json
 import sys
 
 import h5py
@@ -20,97 +19,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pipeline.errors import CheckpointError, ConfigError, InputError
 from pipeline.models import MODELS, create_model, load_model
 from pipeline.models.zhixuhao import KerasSameConv2d, config_from_state_dict, state_dict_from_keras_file
+from tests.models.keras_files import keras_weights, read_conv_arrays, write_keras_h5
 
 TOLERANCE = 1e-5
-# (kernel, in, out) of the 24 Conv2D layers in Keras creation order; in=None is the image channels.
-KERAS_CONVS = [(3, None, 64), (3, 64, 64), (3, 64, 128), (3, 128, 128), (3, 128, 256), (3, 256, 256),
-               (3, 256, 512), (3, 512, 512), (3, 512, 1024), (3, 1024, 1024),
-               (2, 1024, 512), (3, 1024, 512), (3, 512, 512), (2, 512, 256), (3, 512, 256), (3, 256, 256),
-               (2, 256, 128), (3, 256, 128), (3, 128, 128), (2, 128, 64), (3, 128, 64), (3, 64, 64),
-               (3, 64, 2), (1, 2, 1)]
-# zhixuhao's model.layers order, by layer type (weightless layers included).
-KERAS_LAYER_TYPES = (["input", "conv2d", "conv2d", "max_pooling2d", "conv2d", "conv2d", "max_pooling2d",
-                      "conv2d", "conv2d", "max_pooling2d", "conv2d", "conv2d", "dropout", "max_pooling2d",
-                      "conv2d", "conv2d", "dropout"]
-                     + ["up_sampling2d", "conv2d", "concatenate", "conv2d", "conv2d"] * 4
-                     + ["conv2d", "conv2d"])
-
-
-# ---------------------------------------------------------------------------------------------- file writing
-
-def keras_weights(in_channels: int = 1, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """He-normal kernels (kh, kw, in, out) and small biases, float32, deterministic."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for k, cin, cout in KERAS_CONVS:
-        cin = in_channels if cin is None else cin
-        std = np.float32(np.sqrt(2 / (k * k * cin)))
-        kernel = rng.standard_normal((k, k, cin, cout), dtype=np.float32) * std
-        out.append((kernel, rng.standard_normal(cout, dtype=np.float32) * np.float32(0.1)))
-    return out
-
-
-def keras_layer_names(naming: str) -> list[str]:
-    """Layer names, Keras 2 standalone ("keras2": conv2d_1, ...) or tf.keras ("tf": conv2d, conv2d_1, ...)."""
-    counts: dict[str, int] = {}
-    names = []
-    for kind in KERAS_LAYER_TYPES:
-        n = counts.get(kind, 0)
-        counts[kind] = n + 1
-        if kind == "input":
-            names.append("input_1")
-        elif naming == "keras2":
-            names.append(f"{kind}_{n + 1}")
-        else:
-            names.append(kind if n == 0 else f"{kind}_{n}")
-    return names
-
-
-def write_keras_h5(weights: list[tuple[np.ndarray, np.ndarray]], layout: str = "model",
-                   naming: str = "keras2", backend: str = "tensorflow",
-                   split_layer_names: bool = False) -> bytes:
-    """An HDF5 file in Keras' save layout: full model ("model") or save_weights ("weights")."""
-    names = keras_layer_names(naming)
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as root:
-        if layout == "model":
-            root.attrs["keras_version"] = b"2.2.4"
-            root.attrs["backend"] = backend.encode()
-            config = {"class_name": "Model", "config": {"name": "model_1"}}
-            root.attrs["model_config"] = json.dumps(config).encode()
-            root.attrs["training_config"] = json.dumps({"optimizer_config": {"class_name": "Adam"}}).encode()
-            group = root.create_group("model_weights")
-            optimizer = root.create_group("optimizer_weights")
-            optimizer.attrs["weight_names"] = np.array([b"training/Adam/Variable:0"])
-            optimizer.create_dataset("training/Adam/Variable:0", data=np.zeros((3, 3, 1, 64), np.float32))
-        else:
-            group = root
-        group.attrs["keras_version"] = b"2.2.4"
-        group.attrs["backend"] = backend.encode()
-        encoded = np.array([n.encode() for n in names])
-        if split_layer_names:  # Keras' chunking of attributes too large for the object header
-            group.attrs["layer_names0"], group.attrs["layer_names1"] = encoded[:20], encoded[20:]
-        else:
-            group.attrs["layer_names"] = encoded
-        pairs = iter(weights)
-        for name in names:
-            layer = group.create_group(name)
-            if name.startswith("conv2d") and (pair := next(pairs, None)) is not None:
-                layer.attrs["weight_names"] = np.array([f"{name}/{w}:0".encode() for w in ("kernel", "bias")])
-                layer.create_dataset(f"{name}/kernel:0", data=pair[0])
-                layer.create_dataset(f"{name}/bias:0", data=pair[1])
-            else:
-                layer.attrs["weight_names"] = np.array([], dtype="S1")
-    return buffer.getvalue()
-
-
-def read_conv_arrays(data: bytes, naming: str = "keras2") -> list[tuple[np.ndarray, np.ndarray]]:
-    """The 24 (kernel, bias) pairs read out of the file by their Keras names, in creation order."""
-    conv_names = [n for n, kind in zip(keras_layer_names(naming), KERAS_LAYER_TYPES, strict=True)
-                  if kind == "conv2d"]
-    with h5py.File(io.BytesIO(data), "r") as root:
-        group = root["model_weights"] if "model_weights" in root else root
-        return [(group[f"{n}/{n}/kernel:0"][()], group[f"{n}/{n}/bias:0"][()]) for n in conv_names]
 
 
 # ---------------------------------------------------------------------------------- numpy Keras reference
@@ -205,16 +116,6 @@ def test_registry_entry():
     assert family.default_input_size == (256, 256)
     assert family.input_divisor == 16
     assert family.output_kind == "probabilities"
-
-
-def test_output_shape_and_range():
-    model = create_model("zhixuhao")
-    assert (model.in_channels, model.num_classes) == (1, 1)
-    with torch.no_grad():
-        out = model(torch.rand(2, 1, 64, 32))
-    assert out.shape == (2, 1, 64, 32)
-    assert out.dtype == torch.float32
-    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
 def test_input_checks_say_what_to_do():

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
+import factories
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import upload_tree
 from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-import factories
-from conftest import upload_tree
 from pipeline.config import RunConfig
+from pipeline.datasets import LAYOUTS
 from pipeline.io import fs
 from pipeline.io.outputs import safe_name
 from pipeline.models import create_model, load_model
@@ -34,43 +33,11 @@ SIZES = [(72, 64), (64, 80), (96, 72), (64, 64), (80, 88)]  # (W, H): every imag
 NUM_IMAGES = 5
 
 
-@dataclass(frozen=True)
-class Case:
-    layout: str
-    binary: bool  # carvana / isbi hold two classes
-    in_channels: int
-    run_options: dict
-
-
-CASES = {
-    "pairs": Case("pairs", False, 3, {}),
-    "voc": Case("voc", False, 3, {}),
-    "carvana": Case("carvana", True, 3, {}),
-    "isbi": Case("isbi", True, 1, {}),
-    "parquet": Case("parquet", False, 3, {}),
-    "webdataset": Case("webdataset", False, 3, {}),
-    "folder": Case("folder", False, 3, {}),
-}
-
-
-def _items(case: Case):
+def _items(case: factories.LayoutCase):
     return [
         (f"img{i:02d}", *factories.make_sample_pair(500 + i, SIZES[i % len(SIZES)], case.binary))
         for i in range(NUM_IMAGES)
     ]
-
-
-def _write(case: Case, root: Path, items) -> Path:
-    writer = {
-        "pairs": factories.write_pairs, "voc": factories.write_voc, "carvana": factories.write_carvana,
-        "isbi": factories.write_isbi, "parquet": factories.write_parquet, "webdataset": factories.write_webdataset,
-        "folder": factories.write_folder,
-    }[case.layout]
-    return writer(root, items)
-
-
-def _input_uri(case: Case, root: Path) -> Path:
-    return root / "VOCdevkit" / "VOC2012" if case.layout == "voc" else root
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +55,7 @@ def checkpoints(tmp_path_factory) -> dict[tuple[int, int], str]:
     return out
 
 
-def _reference_masks(checkpoint: str, items, case: Case) -> dict[str, np.ndarray]:
+def _reference_masks(checkpoint: str, items, case: factories.LayoutCase) -> dict[str, np.ndarray]:
     """The in-process loop: decode, the family's processing, forward, post-process, one image at a time."""
     loaded = load_model("milesial", checkpoint)
     processing = create_processing("upstream", family=loaded.family, num_classes=loaded.module.num_classes,
@@ -96,31 +63,16 @@ def _reference_masks(checkpoint: str, items, case: Case) -> dict[str, np.ndarray
     masks = {}
     with torch.inference_mode():
         for item_id, image, _ in items:
-            stored = _as_stored(case, image)
-            prepared = processing.prepare(stored)
+            prepared = processing.prepare(case.as_stored(image))
             logits = loaded.module(torch.from_numpy(processing.to_network_input(prepared.image[None])))
             masks[item_id] = processing.finish(logits[0].numpy(), prepared.meta)
     return masks
 
 
-def _as_stored(case: Case, image: Image.Image) -> Image.Image:
-    """The image as the pipeline will decode it from the file the factory wrote (JPEG is lossy)."""
-    if case.layout in ("voc", "carvana"):
-        return Image.open(io.BytesIO(factories.jpeg_bytes(image))).convert("RGB")
-    if case.layout == "isbi":
-        return image.convert("L")
-    return image
-
-
-def _ground_truth(case: Case, classes: np.ndarray) -> np.ndarray:
-    """The labels as the factory wrote them: carvana and isbi files have no void value (void -> background)."""
-    return np.where(classes == 255, 0, classes) if case.layout in ("carvana", "isbi") else classes
-
-
-def _expected_confusion(case: Case, items, masks, num_classes: int) -> np.ndarray:
+def _expected_confusion(case: factories.LayoutCase, items, masks, num_classes: int) -> np.ndarray:
     total = np.zeros((num_classes, num_classes), np.int64)
     for item_id, _, written in items:
-        classes = _ground_truth(case, written)
+        classes = case.ground_truth(written)
         keep = classes != 255
         total += sk_confusion_matrix(classes[keep], masks[item_id][keep], labels=list(range(num_classes)))
     return total
@@ -149,13 +101,14 @@ def _read_outputs(output: str) -> tuple[dict, dict[str, np.ndarray], dict[str, n
     return metrics, parquet_masks, png_masks, errors
 
 
-def _score_and_check(case: Case, data_root: Path, input_uri: str, output: str, checkpoints, items) -> dict:
+def _score_and_check(layout: str, input_uri: str, output: str, checkpoints, items) -> dict:
+    case = factories.layout_case(layout)
     num_classes = 2 if case.binary else 4
     checkpoint = checkpoints[(case.in_channels, num_classes)]
-    command = "predict" if case.layout == "folder" else "score"
-    config = RunConfig.create(command=command, input=input_uri, output=output, layout=case.layout, model="milesial",
+    command = "score" if LAYOUTS.get(layout).has_labels else "predict"
+    config = RunConfig.create(command=command, input=input_uri, output=output, layout=layout, model="milesial",
                        checkpoint=checkpoint, processing="upstream", scale=1.0, format="both", shard_size=2,
-                       batch_size=2, progress=False, report=False, **case.run_options)
+                       batch_size=2, progress=False, report=False)
     result = run(config)
     metrics, parquet_masks, png_masks, errors = _read_outputs(output)
     assert errors == []
@@ -175,20 +128,21 @@ def _score_and_check(case: Case, data_root: Path, input_uri: str, output: str, c
     return metrics
 
 
-@pytest.mark.parametrize("layout", sorted(CASES))
+@pytest.mark.parametrize("layout", LAYOUTS.names())
 def test_every_layout_from_a_local_folder(layout, tmp_path, ray_session, checkpoints):
-    case = CASES[layout]
+    case = factories.layout_case(layout)
     items = _items(case)
-    root = _write(case, tmp_path / "data", items)
-    _score_and_check(case, root, str(_input_uri(case, root)), str(tmp_path / "out"), checkpoints, items)
+    root = case.write(tmp_path / "data", items)
+    input_uri = root / case.input_subdir if case.input_subdir else root
+    _score_and_check(layout, str(input_uri), str(tmp_path / "out"), checkpoints, items)
 
 
-@pytest.mark.parametrize("layout", sorted(CASES))
+@pytest.mark.parametrize("layout", LAYOUTS.names())
 def test_every_layout_from_s3(layout, tmp_path, ray_session, s3_server, s3_bucket, checkpoints):
-    case = CASES[layout]
+    case = factories.layout_case(layout)
     items = _items(case)
-    root = _write(case, tmp_path / "data", items)
+    root = case.write(tmp_path / "data", items)
     uri = upload_tree(root, s3_bucket, "data", s3_server)
-    if case.layout == "voc":
-        uri += "/VOCdevkit/VOC2012"
-    _score_and_check(case, root, uri, f"s3://{s3_bucket}/runs/{layout}", checkpoints, items)
+    if case.input_subdir:
+        uri += f"/{case.input_subdir}"
+    _score_and_check(layout, uri, f"s3://{s3_bucket}/runs/{layout}", checkpoints, items)

@@ -36,12 +36,6 @@ def bilinear(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return top * (1 - wy)[:, None] + bottom * wy[:, None]
 
 
-def top2_margin(scores: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> (H, W) gap between the largest and second-largest channel."""
-    ordered = np.sort(scores, axis=0)
-    return ordered[-1] - ordered[-2]
-
-
 def smooth_scores(channels: int, height: int, width: int, seed: int) -> np.ndarray:
     """(C, h, w) float32 smooth random fields (a few cosines per channel), so near-ties are rare."""
     rng = np.random.default_rng(seed)

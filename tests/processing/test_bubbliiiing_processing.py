@@ -11,7 +11,8 @@ from PIL import Image
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import MODELS
 from pipeline.processing import create_processing, letterbox_geometry, ops
-from tests.processing.numpy_reference import bilinear, smooth_scores, softmax, top2_margin
+from tests.near_ties import PROBABILITY_NOISE, compare_masks, score_margin
+from tests.processing.numpy_reference import bilinear, smooth_scores, softmax
 
 REF = Path(__file__).parents[1] / "fixtures" / "reference"
 EXPECTED = REF / "expected" / "bubbliiiing_centered"
@@ -68,9 +69,9 @@ def test_finish_matches_a_numpy_reference(seed):
     probs = bilinear(softmax(logits)[:, top:top + nh, left:left + nw], (size[1], size[0]))
     reference = np.argmax(probs, axis=0)
     assert classes.shape == (size[1], size[0]) and classes.dtype == np.uint8
-    clear = top2_margin(probs) > 1e-5
-    assert np.array_equal(classes[clear], reference[clear])
-    assert int((classes != reference).sum()) <= 2  # float32 vs float64 on near-ties only
+    # float32 vs float64 may flip near ties only (0 observed)
+    compare_masks(classes, reference, score_margin(probs), tolerance=PROBABILITY_NOISE, unit="probability",
+                  what=f"seed {seed}").check()
     # Resizing logits instead of probabilities (a tempting shortcut) is a different answer.
     from_logits = np.argmax(bilinear(logits[:, top:top + nh, left:left + nw], (size[1], size[0])), axis=0)
     assert (from_logits != reference).any()
@@ -127,8 +128,10 @@ def test_single_channel_output_is_thresholded():
     meta = {"mode": "bubbliiiing", "width": 64, "height": 32, "net_height": 32, "net_width": 32,
             "box": [0, 8, 32, 16]}
     classes = proc.finish(logits, meta)
-    reference = bilinear(1 / (1 + np.exp(-logits[:, 8:24].astype(np.float64))), (32, 64))[0] > 0.5
-    assert int((classes != reference).sum()) <= 2 and proc.num_classes_out == 2
+    probabilities = bilinear(1 / (1 + np.exp(-logits[:, 8:24].astype(np.float64))), (32, 64))
+    compare_masks(classes, probabilities[0] > 0.5, score_margin(probabilities, threshold=0.5),
+                  tolerance=PROBABILITY_NOISE, unit="probability", what="one channel").check()
+    assert proc.num_classes_out == 2
 
 
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet50"])

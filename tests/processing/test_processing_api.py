@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -31,18 +32,17 @@ def test_to_network_input_equals_float64_division_then_float32():
 
 
 def test_registry_and_upstream_resolution():
-    assert PROCESSINGS.names() == ["upstream", "milesial-a013c80", "milesial-21d7850", "bubbliiiing",
-                                   "zhixuhao", "resize", "model-res"]
+    assert PROCESSINGS.names()[0] == "upstream"  # create_processing lists the others as names()[1:]
     for name, mode in PROCESSINGS.items():
-        assert mode.description
-    expected = {"milesial": "milesial-a013c80", "bubbliiiing-vgg16": "bubbliiiing",
-                "bubbliiiing-resnet50": "bubbliiiing", "zhixuhao": "zhixuhao"}
-    for family_name, mode in expected.items():
+        assert mode.name == name and mode.description
+        assert (mode.cls is None) == (name == "upstream")
+        assert mode.cls is None or (mode.cls.name == name and mode.cls.options <= {"scale", "input_size"})
+    for family_name in MODELS.names():
         family = MODELS.get(family_name)
         config = family.default_config
         proc = create_processing("upstream", family=family, num_classes=config["num_classes"],
                                  in_channels=config["in_channels"])
-        assert proc.name == mode and proc.family == family_name
+        assert proc.name == family.default_processing and proc.family == family_name
     with pytest.raises(UnknownNameError, match="Did you mean 'bubbliiiing'"):
         create_processing("bubbliing", family=MODELS.get("milesial"), num_classes=2, in_channels=3)
 
@@ -70,22 +70,45 @@ def test_milesial_modes_refuse_networks_that_need_fixed_multiples():
                           in_channels=3)
 
 
-def _all_modes() -> list:
-    milesial = MODELS.get("milesial")
-    zhixuhao = MODELS.get("zhixuhao")
-    return [
-        create_processing("milesial-a013c80", family=milesial, num_classes=2, in_channels=3, scale=0.5),
-        create_processing("milesial-21d7850", family=milesial, num_classes=2, in_channels=3, scale=0.5),
-        create_processing("bubbliiiing", family=MODELS.get("bubbliiiing-resnet50"), num_classes=21,
-                          in_channels=3, input_size=(64, 64)),
-        create_processing("zhixuhao", family=zhixuhao, num_classes=1, in_channels=1, input_size=(64, 64)),
-        create_processing("resize", family=milesial, num_classes=2, in_channels=3, input_size=(64, 64)),
-        create_processing("model-res", family=milesial, num_classes=2, in_channels=3, input_size=(64, 64)),
-    ]
+@dataclass(frozen=True)
+class ModeCase:
+    """A model a processing mode is built for in the contract test (family name, its shape, the mode's options)."""
+
+    family: str
+    num_classes: int
+    in_channels: int
+    options: dict = field(default_factory=dict)
 
 
-@pytest.mark.parametrize("proc", _all_modes(), ids=lambda p: p.name)
-def test_pickle_round_trip_and_json_meta(proc):
+MODE_CASES: dict[str, ModeCase] = {
+    "upstream": ModeCase("zhixuhao", 1, 1, {"input_size": (64, 64)}),
+    "milesial-a013c80": ModeCase("milesial", 2, 3, {"scale": 0.5}),
+    "milesial-21d7850": ModeCase("milesial", 2, 3, {"scale": 0.5}),
+    "bubbliiiing": ModeCase("bubbliiiing-resnet50", 21, 3, {"input_size": (64, 64)}),
+    "zhixuhao": ModeCase("zhixuhao", 1, 1, {"input_size": (64, 64)}),
+    "resize": ModeCase("milesial", 2, 3, {"input_size": (64, 64)}),
+    "model-res": ModeCase("milesial", 2, 3, {"input_size": (64, 64)}),
+}
+
+
+def built_mode(name: str):
+    """The registered processing `name`, built for its MODE_CASES entry (a test fails if it has none)."""
+    if name not in MODE_CASES:
+        pytest.fail(f"Processing {name!r} is registered in pipeline.processing.PROCESSINGS but has no ModeCase: "
+                    f"add MODE_CASES[{name!r}] = ModeCase(<family>, <num_classes>, <in_channels>, <options>) to "
+                    "tests/processing/test_processing_api.py.", pytrace=False)
+    case = MODE_CASES[name]
+    return create_processing(name, family=MODELS.get(case.family), num_classes=case.num_classes,
+                             in_channels=case.in_channels, **case.options)
+
+
+def test_every_mode_case_is_registered():
+    assert not set(MODE_CASES) - set(PROCESSINGS.names()), "MODE_CASES names unregistered processings"
+
+
+@pytest.mark.parametrize("name", PROCESSINGS.names())
+def test_pickle_round_trip_and_json_meta(name):
+    proc = built_mode(name)
     copy = pickle.loads(pickle.dumps(proc))
     assert copy == proc and copy is not proc and copy.name == proc.name
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
