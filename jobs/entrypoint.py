@@ -1,8 +1,9 @@
 """What `jobs/score.py` and `jobs/predict.py` share: run one CLI command as a Ray job, with progress lines.
 
 The job takes exactly the options of `unet-pipeline score|predict` (the click commands parse them; nothing is
-declared twice) and exits like the CLI: 0 when the run passed, 1 when it failed (a pipeline error, more errors than
---max-errors, or the --baseline regression gate), 2 for bad options. Ray marks the job SUCCEEDED or FAILED from that.
+declared twice) and exits like the CLI: 0 when the run passed, 1 when it failed (a pipeline error, more errors
+than --max-errors, or the --baseline regression gate), 2 for bad options. Ray marks the job SUCCEEDED or
+FAILED from that.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def _header(command: str) -> str:
 
     where = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
     address = os.environ.get("RAY_ADDRESS") or "a new local Ray"
-    return (f"unet-pipeline {command} job: pipeline {pipeline.__version__} from {where}, Ray {ray.__version__}, "
-            f"cluster {address}")
+    return (f"unet-pipeline {command} job: pipeline {pipeline.__version__} from {where}, Ray "
+            f"{ray.__version__}, cluster {address}")
 
 
 def run_job(command: str, argv: list[str]) -> NoReturn:

@@ -1,8 +1,8 @@
 """Progress lines for job logs: how many shards, images and errors a run has committed so far.
 
-Progress bars need a terminal; a Ray job's log is a file. This reads the run's commit records (`_run/parts/*.json`,
-one per committed part) every few seconds and prints one line, so the log shows steady progress on any cluster and
-with any storage. Each record is read once.
+Progress bars need a terminal; a Ray job's log is a file. This reads the run's commit records
+(`_run/parts/*.json`, one per committed part) every few seconds and prints one line, so the log shows steady
+progress on any cluster and with any storage. Each record is read once.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
     python jobs/submit.py --address http://HEAD:8265 -- --input s3://data/val --output s3://runs/nightly ...
 
-Everything after `--` goes to `jobs/score.py` (or `jobs/predict.py` with `--command predict`). The project folder is
-uploaded as the job's working directory (what `ray job submit --working-dir .` does), so the cluster needs Ray,
-torch and the dependencies, not this project. Exit status: 0 when the job SUCCEEDED, 1 when it FAILED or was
-STOPPED, the same verdict the job's own exit status gave Ray.
+Everything after `--` goes to `jobs/score.py` (or `jobs/predict.py` with `--command predict`). The project
+folder is uploaded as the job's working directory (what `ray job submit --working-dir .` does), so the cluster
+needs Ray, torch and the dependencies, not this project. Exit status: 0 when the job SUCCEEDED, 1 when it
+FAILED or was STOPPED, the same verdict the job's own exit status gave Ray.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def follow(address: str, submission_id: str, poll_seconds: float = 2.0, echo=cli
 @click.option("--submission-id", help="Name the job (default: Ray picks raysubmit_...).")
 @click.option("--no-wait", is_flag=True, help="Print the submission id and return without following the job.")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
-def main(address: str, command: str, submission_id: str | None, no_wait: bool, job_args: tuple[str, ...]) -> None:
+def main(address: str, command: str, submission_id: str | None, no_wait: bool, job_args: tuple[str,
+                                                                                               ...]) -> None:
     """Submit jobs/score.py (or jobs/predict.py) with JOB_ARGS to a Ray cluster and follow it."""
     job_id = submit(address, command, list(job_args), submission_id)
     click.echo(f"submitted {job_id} to {address}", err=True)

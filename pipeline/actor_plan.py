@@ -1,7 +1,7 @@
 """How many inference actors a run gets, their Ray resources and their intra-op threads.
 
-A pure function of the run's settings, the backend's registry entry and the cluster's resources, so it is tested
-without a cluster.
+A pure function of the run's settings, the backend's registry entry and the cluster's resources, so it is
+tested without a cluster.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def plan_actors(execution: ExecutionConfig, settings: BackendConfig, entry: Back
     """The actor pool for this run.
 
     CPU backends, by default: one single-threaded actor per CPU, their Ray CPU requests sharing what the
-    read/preprocess/write tasks leave. Measured with `unet-pipeline bench` on 2 cores: two 1-thread actors beat one
-    2-thread actor by 1.6-2x inside the pipeline, because torch's thread team stalls whenever a task takes one of
-    its cores (README, "Benchmarks"). Device backends (cuda, vacc): one actor per device (per die share), within
-    the CPUs left for the tasks. `max_useful` (the number of read tasks to do) caps the pool: more actors would idle.
+    read/preprocess/write tasks leave. Measured with `unet-pipeline bench` on 2 cores: two 1-thread actors
+    beat one 2-thread actor by 1.6-2x inside the pipeline, because torch's thread team stalls whenever a task
+    takes one of its cores (README, "Benchmarks"). Device backends (cuda, vacc): one actor per device (per die
+    share), within the CPUs left for the tasks. `max_useful` (the number of read tasks to do) caps the pool:
+    more actors would idle.
     """
     cpus = float(cluster.get("CPU", 1.0))
     room = max(cpus - execution.num_cpus_per_task, MIN_TASK_ROOM)

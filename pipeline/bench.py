@@ -2,13 +2,15 @@
 
 Three measurements, all in one process run so their ratios compare like with like:
 
-1. Bare loop: decode, preprocess, forward, post-process (arg-max) one batch at a time in this process, with the
-   same backend, batch size and total threads as the pipeline - the way the upstream eval scripts work. It runs
-   before Ray starts, so it has the machine to itself.
-2. Pipeline: the same images through `pipeline.run.run` (read, preprocess tasks, actor pool, score, write Parquet).
-   Its images/s counts the whole Ray Data pass (actor start-up and writing included); Ray's own start-up is not
-   counted, nor is a first small warm-up pass that starts the worker processes (both are reported separately).
-3. Memory (separate passes, so that sampling costs no timed CPU): the pipeline's peak memory (proportional set size summed over this process and every process it
+1. Bare loop: decode, preprocess, forward, post-process (arg-max) one batch at a time in this process, with
+   the same backend, batch size and total threads as the pipeline - the way the upstream eval scripts work. It
+   runs before Ray starts, so it has the machine to itself.
+2. Pipeline: the same images through `pipeline.run.run` (read, preprocess tasks, actor pool, score, write
+   Parquet). Its images/s counts the whole Ray Data pass (actor start-up and writing included); Ray's own
+   start-up is not counted, nor is a first small warm-up pass that starts the worker processes (both are
+   reported separately).
+3. Memory (separate passes, so that sampling costs no timed CPU): the pipeline's peak memory (proportional set
+   size summed over this process and every process it
    started - Ray's raylet, object store and workers) at N and at 4N images. A streaming pass holds a bounded
    window of blocks, so the two peaks should be close.
 
@@ -104,7 +106,8 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
     config = run.config
     processing = run.processing
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
-        shards = plan_shards(run.layout, config.data.input, run.data, scratch, config.execution.shard_size, run.s3,
+        shards = plan_shards(run.layout, config.data.input, run.data, scratch, config.execution.shard_size,
+                             run.s3,
                              expect_labels=config.scoring, limit=config.data.limit)
         spec = prepared_backend_spec(run, shards, threads=threads, name=variant.backend,
                                      precision=variant.precision, options=dict(variant.options))
@@ -156,8 +159,8 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
 def pipeline_pass(config: RunConfig, output: str, sample_memory: bool = False) -> tuple[dict[str, Any], int]:
     """One pipeline run; returns (its metrics, peak memory in bytes, or 0 when not sampled).
 
-    Speed and memory are measured in separate passes: reading every process's PSS costs CPU that the timed pass
-    must not lose.
+    Speed and memory are measured in separate passes: reading every process's PSS costs CPU that the timed
+    pass must not lose.
     """
     from pipeline.run import run
 
@@ -189,8 +192,10 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
         cold_start_seconds = time.perf_counter() - warm_started
         metrics, _ = pipeline_pass(first, f"{scratch}/timed")
         report: dict[str, Any] = {
-            "model": metrics["model"]["name"], "checkpoint": config.model.checkpoint, "dataset": config.data.input,
-            "backend": main_variant.label, "batch_size": config.execution.batch_size, "threads_total": threads,
+            "model": metrics["model"]["name"], "checkpoint": config.model.checkpoint,
+            "dataset": config.data.input,
+            "backend": main_variant.label, "batch_size": config.execution.batch_size,
+            "threads_total": threads,
             "pipeline_actors": metrics["backend"]["actors"],
             "pipeline_threads_per_actor": metrics["backend"]["threads_per_actor"],
             "ray_start_seconds": round(ray_seconds, 2),
@@ -207,7 +212,8 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
         report["miou_pipeline"] = metrics.get("miou")
         if memory_check:
             _, peak_1x = pipeline_pass(first, f"{scratch}/1x", sample_memory=True)
-            metrics_4x, peak_4x = pipeline_pass(config.replace(limit=4 * images), f"{scratch}/4x", sample_memory=True)
+            metrics_4x, peak_4x = pipeline_pass(config.replace(limit=4 * images), f"{scratch}/4x",
+                                                sample_memory=True)
             report["peak_memory_mb_1x"] = round(peak_1x / 2**20, 1)
             report["images_4x"] = metrics_4x["num_images"]
             report["peak_memory_mb_4x"] = round(peak_4x / 2**20, 1)
@@ -238,8 +244,8 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as the lines `bench` prints."""
     lines = [
         f"model {report['model']} ({report['checkpoint']}), backend {report['backend']}, batch "
-        f"{report['batch_size']}, {report['threads_total']} threads in all "
-        f"(pipeline: {report['pipeline_actors']} actor(s) x {report['pipeline_threads_per_actor']} thread(s))",
+        f"{report['batch_size']}, {report['threads_total']} threads in all (pipeline: "
+        f"{report['pipeline_actors']} actor(s) x {report['pipeline_threads_per_actor']} thread(s))",
         f"{'':28}{'images':>8}{'images/s':>11}{'mIoU':>9}",
         f"{'bare in-process loop':28}{report['images']:>8}{report['bare_loop_images_per_second']:>11.2f}"
         f"{_fmt(report['miou_bare_loop']):>9}",

@@ -10,8 +10,9 @@ registry, `output` to the sink, ...), so nothing copies settings by hand. Every 
   `backend_options`, ...) when it differs from the field name.
 
 The flat names are unique across sections, so a config file or `RunConfig.from_dict` takes either flat keys
-(`{"input": ..., "batch_size": 8}`) or sections (`{"data": {"input": ...}}`). The configuration holds no secrets
-(S3 credentials come from the environment only), so it is written into metrics.json and the run history as is.
+(`{"input": ..., "batch_size": 8}`) or sections (`{"data": {"input": ...}}`). The configuration holds no
+secrets (S3 credentials come from the environment only), so it is written into metrics.json and the run
+history as is.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def parse_max_errors(text: str | int | float | None) -> float | None:
     try:
         number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
     except ValueError:
-        raise ConfigError(f"Expected --max-errors as a count (10) or a fraction (0.05 or 5%), got {text!r}.") from None
+        raise ConfigError("Expected --max-errors as a count (10) or a fraction (0.05 or 5%), got "
+                          f"{text!r}.") from None
     if number < 0:
         raise ConfigError(f"--max-errors must not be negative, got {text!r}.")
     return number
@@ -89,18 +91,23 @@ class DataConfig:
     input: str = setting("", result=True, help="Dataset: local folder or s3://bucket/prefix.")
     layout: str = setting("pairs", result=True, help="Dataset layout (`unet-pipeline layouts`).")
     split: str = setting("val", result=True, help="voc: ImageSets/Segmentation/<split>.txt.")
-    image_dir: str | None = setting(None, result=True, help="pairs/carvana/isbi: image folder name under --input.")
-    mask_dir: str | None = setting(None, result=True, help="pairs/carvana/isbi: label folder name under --input.")
+    image_dir: str | None = setting(None, result=True,
+                                    help="pairs/carvana/isbi: image folder name under --input.")
+    mask_dir: str | None = setting(None, result=True,
+                                   help="pairs/carvana/isbi: label folder name under --input.")
     mask_suffix: str | None = setting(None, result=True,
-                                      help="pairs/carvana/isbi: label file = <stem><suffix> (e.g. _mask.gif).")
+                                      help="pairs/carvana/isbi: label file = <stem><suffix> (e.g. "
+                                           "_mask.gif).")
     image_column: str | None = setting(None, result=True, help="parquet: column of image bytes.")
     mask_column: str | None = setting(None, result=True, help="parquet: column of mask bytes.")
     id_column: str | None = setting(None, result=True, help="parquet: column of ids.")
     label_values: tuple[int, ...] | None = setting(
-        None, result=True, convert=_int_tuple, help="Raw label value of each class, comma separated (e.g. 0,255).")
+        None, result=True, convert=_int_tuple,
+        help="Raw label value of each class, comma separated (e.g. 0,255).")
     class_names: tuple[str, ...] | None = setting(
         None, result=True, convert=_str_tuple, help="Class names, comma separated, in class-index order.")
-    limit: int | None = setting(None, result=True, help="Only the first N inputs (file layouts), e.g. for a smoke run.")
+    limit: int | None = setting(None, result=True,
+                                help="Only the first N inputs (file layouts), e.g. for a smoke run.")
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, result=True,
                               help="Larger images are refused as decompression bombs.")
 
@@ -109,8 +116,9 @@ class DataConfig:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}.")
 
     def with_mask_values(self, mask_values: Any) -> DataConfig:
-        """The section with the checkpoint's `mask_values` applied: for the pairs layout without --label-values,
-        milesial checkpoints that record integer mask values (HEAD checkpoints: the raw mask value of each class)
+        """The section with the checkpoint's `mask_values` applied: for the pairs layout without
+        --label-values, milesial checkpoints that record integer mask values (HEAD checkpoints: the raw mask
+        value of each class)
         map those raw values to classes."""
         if (self.label_values is None and self.layout == "pairs" and mask_values
                 and all(isinstance(v, int) for v in mask_values)):
@@ -123,11 +131,13 @@ class ModelConfig:
     """The model: its family and weights."""
 
     family: str | None = setting(None, result=True, key="model",
-                                 help="Model family (`unet-pipeline models`); inferred from the checkpoint if omitted.")
+                                 help="Model family (`unet-pipeline models`); inferred from the checkpoint "
+                                      "if omitted.")
     checkpoint: str = setting("", result=True,
                               help="Weights: local path or s3:// URI (.pth/.pt, .safetensors, Keras .hdf5).")
     overrides: dict[str, Any] = setting(result=True, key="model_config", factory=dict,
-                                        help="Model config overrides (num_classes, in_channels, bilinear, ...).")
+                                        help="Model config overrides (num_classes, in_channels, bilinear, "
+                                             "...).")
 
 
 @dataclass(frozen=True)
@@ -135,8 +145,10 @@ class ProcessingConfig:
     """Pre/post-processing (`unet-pipeline processings`)."""
 
     name: str = setting("upstream", result=True, key="processing",
-                        help="Pre/post-processing (`unet-pipeline processings`); upstream = the family's own.")
-    scale: float | None = setting(None, result=True, help="milesial: input resize factor (upstream default 0.5).")
+                        help="Pre/post-processing (`unet-pipeline processings`); upstream = the family's "
+                             "own.")
+    scale: float | None = setting(None, result=True,
+                                  help="milesial: input resize factor (upstream default 0.5).")
     input_size: tuple[int, int] | None = setting(
         None, result=True, convert=parse_size,
         help="Network input size N or HxW (bubbliiiing, zhixuhao, resize, model-res).")
@@ -152,15 +164,18 @@ class BackendConfig:
     device: str = setting("cpu", result=False, help="torch: cpu or cuda.")
     precision: str = setting("fp32", result=True, help="Numeric precision of the backend.")
     options: dict[str, Any] = setting(result=True, key="backend_options", factory=dict,
-                                      help="Backend-specific settings (config files), e.g. {channels_last: 0}.")
+                                      help="Backend-specific settings (config files), e.g. {channels_last: "
+                                           "0}.")
     calibration: str = setting(DEFAULT_CALIBRATION, result=True,
-                               help="int8: activation range calibration: kl_pytorch_quantization (alias entropy, "
-                                    "NVIDIA pytorch-quantization's KL search), kl_tensorrt (classic TensorRT KL), "
-                                    "percentile (99.99%) or minmax.")
+                               help="int8: activation range calibration: kl_pytorch_quantization (alias "
+                                    "entropy, NVIDIA pytorch-quantization's KL search), kl_tensorrt (classic "
+                                    "TensorRT KL), percentile (99.99%) or minmax.")
     calibration_images: int = setting(32, result=True,
-                                      help="int8: images of the dataset used for calibration (once per job, cached).")
+                                      help="int8: images of the dataset used for calibration (once per job, "
+                                           "cached).")
     vacc_model: str | None = setting(None, result=True,
-                                     help="vacc: prefix of the compiled model files (<prefix>.so/.json/.params).")
+                                     help="vacc: prefix of the compiled model files "
+                                          "(<prefix>.so/.json/.params).")
     actors_per_die: int = setting(1, result=False, help="vacc: inference actors sharing one VACC die.")
 
     def __post_init__(self) -> None:
@@ -176,14 +191,17 @@ class ExecutionConfig:
     """How the run is spread over the cluster, and how it copes with failures."""
 
     batch_size: int = setting(4, result=False, help="Images per forward call.")
-    shard_size: int = setting(32, result=False, help="Images per shard (the unit of reading, committing and resuming).")
+    shard_size: int = setting(32, result=False,
+                              help="Images per shard (the unit of reading, committing and resuming).")
     concurrency: int | None = setting(None, result=False,
-                                      help="Inference actors (default: as many as the CPUs or devices allow).")
+                                      help="Inference actors (default: as many as the CPUs or devices "
+                                           "allow).")
     num_cpus_per_actor: float | None = setting(
         None, result=False,
-        help="Ray CPUs each inference actor requests (default: CPU backends get one actor per CPU, sharing what "
-             "the tasks leave).")
-    threads_per_actor: int | None = setting(None, result=False, help="Intra-op threads per actor (default: its CPUs).")
+        help="Ray CPUs each inference actor requests (default: CPU backends get one actor per CPU, sharing "
+             "what the tasks leave).")
+    threads_per_actor: int | None = setting(None, result=False,
+                                            help="Intra-op threads per actor (default: its CPUs).")
     num_cpus_per_task: float = setting(0.5, result=False, help="Ray CPUs of each read/preprocess/write task.")
     max_errors: float | None = setting(
         None, result=False, convert=parse_max_errors,
@@ -205,14 +223,16 @@ class ExecutionConfig:
 class OutputConfig:
     """Where masks, metrics and the report go."""
 
-    uri: str = setting("", result=False, key="output", help="Output folder: local path or s3://bucket/prefix.")
+    uri: str = setting("", result=False, key="output",
+                       help="Output folder: local path or s3://bucket/prefix.")
     format: str = setting("parquet", result=True, help="Masks as Parquet shards, one PNG per image, or both.")
     png_values: str = setting("classes", result=True,
-                              help="PNG files: class indices (VOC palette up to 21 classes), or the values the "
-                                   "model family's predict script writes (upstream: milesial class*255//C or the "
-                                   "checkpoint's mask_values, zhixuhao 0/255).")
+                              help="PNG files: class indices (VOC palette up to 21 classes), or the values "
+                                   "the model family's predict script writes (upstream: milesial "
+                                   "class*255//C or the checkpoint's mask_values, zhixuhao 0/255).")
     report: bool = setting(True, result=False,
-                           help="score: write report.html/report.md (plots, worst images, errors) next to metrics.json.")
+                           help="score: write report.html/report.md (plots, worst images, errors) next to "
+                                "metrics.json.")
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -231,21 +251,24 @@ class TrackingConfig:
     """Scheduled runs (`pipeline.history`): run id, history file and the regression gate."""
 
     run_id: str | None = setting(None, result=False,
-                                 help="Write under <output>/<run id>/ (default with --history: UTC time + config "
-                                      "hash). Re-running an id replaces that run's outputs and history line.")
+                                 help="Write under <output>/<run id>/ (default with --history: UTC time + "
+                                      "config hash). Re-running an id replaces that run's outputs and "
+                                      "history line.")
     history: str | None = setting(None, result=False,
-                                  help="Run history, local or s3:// JSON Lines: one line per run (mIoU, per-class "
-                                       "IoU, throughput).")
+                                  help="Run history, local or s3:// JSON Lines: one line per run (mIoU, "
+                                       "per-class IoU, throughput).")
     baseline: str | None = setting(None, result=False,
-                                   help="Regression gate: a run id in --history, or last-good (latest passed run on "
-                                        "the same dataset). The run fails if its mIoU falls more than --max-drop "
-                                        "below it.")
+                                   help="Regression gate: a run id in --history, or last-good (latest passed "
+                                        "run on the same dataset). The run fails if its mIoU falls more than "
+                                        "--max-drop below it.")
     max_drop: float = setting(0.01, result=False,
-                              help="Largest allowed mIoU drop below --baseline (absolute, e.g. 0.02 = two IoU points).")
+                              help="Largest allowed mIoU drop below --baseline (absolute, e.g. 0.02 = two "
+                                   "IoU points).")
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_drop <= 1:
-            raise ConfigError(f"--max-drop is an absolute mIoU drop between 0 and 1 (e.g. 0.02), got {self.max_drop}.")
+            raise ConfigError("--max-drop is an absolute mIoU drop between 0 and 1 (e.g. 0.02), got "
+                              f"{self.max_drop}.")
 
 
 SECTIONS: dict[str, type] = {
@@ -302,7 +325,8 @@ class RunConfig:
         if not self.model.checkpoint:
             raise ConfigError("--checkpoint is required: a local path or s3:// URI of the model weights.")
         if self.tracking.baseline and not self.tracking.history:
-            raise ConfigError("--baseline needs --history FILE: the baseline run is looked up in that history.")
+            raise ConfigError("--baseline needs --history FILE: the baseline run is looked up in that "
+                              "history.")
         if self.tracking.baseline and self.command != "score":
             raise ConfigError("--baseline gates on mIoU, which only `score` measures: drop it for `predict`.")
 
@@ -338,7 +362,8 @@ class RunConfig:
     def result_settings(self) -> dict[str, Any]:
         """The flat settings that change masks or metrics (fields marked `result`), JSON-ready."""
         settings = {"command": self.command}
-        settings.update({key: self.get(key) for key, where in FLAT_KEYS.items() if where.field.metadata["result"]})
+        settings.update({key: self.get(key) for key,
+                         where in FLAT_KEYS.items() if where.field.metadata["result"]})
         return json.loads(json.dumps(settings))
 
     def config_hash(self) -> str:
@@ -413,8 +438,8 @@ def _lookup(key: str, section: str | None = None) -> FlatKey:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     where = f" in section {section!r}" if section else ""
-    raise ConfigError(f"Unknown run setting {key!r}{where}.{hint} Valid settings: {', '.join(valid)} (the long "
-                      "option names, with '_' for '-').")
+    raise ConfigError(f"Unknown run setting {key!r}{where}.{hint} Valid settings: {', '.join(valid)} (the "
+                      "long option names, with '_' for '-').")
 
 
 def _convert(f: dataclasses.Field, value: Any) -> Any:

@@ -1,22 +1,23 @@
 """Scheduled scoring: run ids, the run history file, and the regression gate.
 
-A tracked run (`--run-id ID` and/or `--history FILE`) writes under `<output>/<run id>/`. The default run id (given
-`--history` and no `--run-id`) is the UTC start time plus a short hash of the settings that decide the results, so
-nightly runs of one configuration sort by time and different configurations are told apart at a glance.
+A tracked run (`--run-id ID` and/or `--history FILE`) writes under `<output>/<run id>/`. The default run id
+(given `--history` and no `--run-id`) is the UTC start time plus a short hash of the settings that decide the
+results, so nightly runs of one configuration sort by time and different configurations are told apart at a
+glance.
 
 With `--history`, each finished run leaves one JSON line there (local file or s3:// object):
 
     {"run_id", "started_at", "finished_at", "status": "passed"|"failed", "model", "checkpoint",
-     "checkpoint_sha256", "dataset", "layout", "miou", "miou_all_classes", "per_class_iou", "images_per_second",
-     "num_images", "num_errors", "output", "metrics_uri", "gate": {...} | null}
+     "checkpoint_sha256", "dataset", "layout", "miou", "miou_all_classes", "per_class_iou",
+     "images_per_second", "num_images", "num_errors", "output", "metrics_uri", "gate": {...} | null}
 
-Re-running a run id replaces that run's outputs (the pipeline clears its own files first) and its history line,
-never adding a second one. The file is rewritten whole on each append: locally through a temporary file and a
-rename, on S3 as one PUT (S3 has no append). Two jobs appending to one history at the same moment can lose one
-line (the last writer wins), so schedule runs that share a history one after another.
+Re-running a run id replaces that run's outputs (the pipeline clears its own files first) and its history
+line, never adding a second one. The file is rewritten whole on each append: locally through a temporary file
+and a rename, on S3 as one PUT (S3 has no append). Two jobs appending to one history at the same moment can
+lose one line (the last writer wins), so schedule runs that share a history one after another.
 
-With `--baseline RUN_ID|last-good`, a scoring run whose mIoU falls more than `--max-drop` below the baseline's is
-recorded as failed and raises RegressionGateFailed, naming every class whose IoU dropped.
+With `--baseline RUN_ID|last-good`, a scoring run whose mIoU falls more than `--max-drop` below the baseline's
+is recorded as failed and raises RegressionGateFailed, naming every class whose IoU dropped.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def new_run_id(config: RunConfig, now: datetime | None = None) -> str:
 def check_run_id(run_id: str) -> str:
     """A run id becomes a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
     if not RUN_ID_PATTERN.fullmatch(run_id):
-        raise ConfigError(f"--run-id {run_id!r} is not usable as a folder name: use letters, digits, '.', '_' and "
-                          "'-' (at most 128, starting with a letter or digit), e.g. nightly-2026-11-24.")
+        raise ConfigError(f"--run-id {run_id!r} is not usable as a folder name: use letters, digits, '.', "
+                          "'_' and '-' (at most 128, starting with a letter or digit), e.g. "
+                          "nightly-2026-11-24.")
     return run_id
 
 
@@ -101,7 +103,8 @@ def read_history(uri: str, s3: fs.S3Options | None = None) -> list[dict]:
             raise ConfigError(f"{uri} line {number} is not JSON ({err.msg}): fix or delete that line; every "
                                 "line of a run history is one run's JSON record.") from err
         if not isinstance(record, dict) or "run_id" not in record:
-            raise ConfigError(f"{uri} line {number} is not a run record (no run_id): fix or delete that line.")
+            raise ConfigError(f"{uri} line {number} is not a run record (no run_id): fix or delete that "
+                              "line.")
         records.append(record)
     return records
 
@@ -125,19 +128,19 @@ def find_baseline(history: list[dict], baseline: str, run_id: str | None, datase
     for record in history:
         if record["run_id"] == baseline:
             if record.get("miou") is None:
-                raise ConfigError(f"--baseline {baseline}: that run in {history_uri} has no mIoU (a predict run?). "
-                                  "Name a scoring run.")
+                raise ConfigError(f"--baseline {baseline}: that run in {history_uri} has no mIoU (a predict "
+                                  "run?). Name a scoring run.")
             return record
     known = ", ".join(r["run_id"] for r in history[-5:]) or "none yet"
-    raise ConfigError(f"--baseline {baseline} is not in {history_uri} (latest runs: {known}). Pass one of its "
-                      f"run ids, or {LAST_GOOD}.")
+    raise ConfigError(f"--baseline {baseline} is not in {history_uri} (latest runs: {known}). Pass one of "
+                      f"its run ids, or {LAST_GOOD}.")
 
 
 def evaluate_gate(record: dict[str, Any], baseline: dict[str, Any], max_drop: float) -> dict[str, Any]:
     """Compare a run with its baseline: it fails when mIoU fell by more than `max_drop` (absolute, 0..1).
 
-    `dropped_classes` lists every class whose IoU is lower than in the baseline, largest drop first (classes without
-    an IoU on either side are not comparable and left out).
+    `dropped_classes` lists every class whose IoU is lower than in the baseline, largest drop first (classes
+    without an IoU on either side are not comparable and left out).
     """
     miou, baseline_miou = record.get("miou"), baseline["miou"]
     passed = miou is not None and round(baseline_miou - miou, 12) <= max_drop
@@ -159,10 +162,11 @@ def gate_report(gate: dict[str, Any], record: dict[str, Any], history_uri: str) 
         f"mIoU {miou:.4f} is {gate['baseline_miou'] - miou:.4f} below")
     classes = "; ".join(f"{d['class']} {d['baseline_iou']:.4f} -> {d['iou']:.4f} (-{d['drop']:.4f})"
                         for d in gate["dropped_classes"]) or "none individually (the set of classes present changed)"
-    return (f"Regression gate failed for run {record['run_id']}: {fell} baseline run {gate['baseline_run_id']} "
-            f"({gate['baseline_miou']:.4f}), more than --max-drop {gate['max_drop']}. Classes that dropped: {classes}. "
-            f"Metrics: {record['metrics_uri']}; history: {history_uri}. If the change is intended, later runs can "
-            f"gate against this one with --baseline {record['run_id']}.")
+    return (f"Regression gate failed for run {record['run_id']}: {fell} baseline run "
+            f"{gate['baseline_run_id']} ({gate['baseline_miou']:.4f}), more than --max-drop "
+            f"{gate['max_drop']}. Classes that dropped: {classes}. Metrics: {record['metrics_uri']}; "
+            f"history: {history_uri}. If the change is intended, later runs can gate against this one with "
+            f"--baseline {record['run_id']}.")
 
 
 def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metrics_uri: str, started_at: str,
@@ -171,11 +175,13 @@ def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metr
     model = metrics.get("model", {})
     dataset = metrics.get("dataset", {})
     return {
-        "run_id": config.tracking.run_id, "started_at": started_at, "finished_at": _iso(_utc_now()), "status": status,
+        "run_id": config.tracking.run_id, "started_at": started_at, "finished_at": _iso(_utc_now()),
+        "status": status,
         "model": model.get("name"), "checkpoint": fs.normalize(config.model.checkpoint),
         "checkpoint_sha256": model.get("checkpoint_sha256"), "dataset": dataset.get("uri", config.data.input),
         "layout": dataset.get("layout", config.data.layout), "miou": metrics.get("miou"),
-        "miou_all_classes": metrics.get("miou_all_classes"), "per_class_iou": metrics.get("per_class_iou") or {},
+        "miou_all_classes": metrics.get("miou_all_classes"),
+        "per_class_iou": metrics.get("per_class_iou") or {},
         "images_per_second": metrics.get("timings", {}).get("images_per_second"),
         "num_images": metrics.get("num_images"), "num_errors": metrics.get("num_errors"), "output": output,
         "metrics_uri": metrics_uri, "gate": gate,
@@ -201,7 +207,8 @@ def run_tracked(config: RunConfig, runner: Runner) -> RunResult:
         baseline = find_baseline(history, tracking.baseline, tracking.run_id, dataset, config.data.layout,
                                  tracking.history)
         if baseline is None:
-            logger.warning("--baseline %s: %s has no passed run of %s (%s layout) yet, so this run is not gated.",
+            logger.warning("--baseline %s: %s has no passed run of %s (%s layout) yet, so this run is not "
+                           "gated.",
                            LAST_GOOD, tracking.history, dataset, config.data.layout)
     try:
         result = runner(config.replace(output=output))
@@ -209,7 +216,8 @@ def run_tracked(config: RunConfig, runner: Runner) -> RunResult:
         if tracking.history and err.result is not None:
             gate = evaluate_gate(err.result.metrics, baseline, tracking.max_drop) if baseline else None
             append_history(tracking.history, history_record(config, err.result.metrics, output,
-                                                            err.result.metrics_uri, started_at, "failed", gate), s3)
+                                                            err.result.metrics_uri, started_at, "failed",
+                                                            gate), s3)
         raise
     gate = evaluate_gate(result.metrics, baseline, tracking.max_drop) if baseline else None
     record = history_record(config, result.metrics, output, result.metrics_uri, started_at,

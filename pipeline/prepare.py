@@ -59,8 +59,9 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     config = config.replace(input=fs.normalize(config.data.input), output=fs.normalize(config.output.uri))
     layout = LAYOUTS.get(config.data.layout)
     if config.scoring and not layout.has_labels:
-        raise ConfigError(f"`score` needs labels, and the {layout.name} layout has none: use `predict`, or a layout "
-                          f"with labels ({', '.join(name for name, lay in LAYOUTS.items() if lay.has_labels)}).")
+        raise ConfigError(f"`score` needs labels, and the {layout.name} layout has none: use `predict`, or a "
+                          "layout with labels "
+                          f"({', '.join(name for name, lay in LAYOUTS.items() if lay.has_labels)}).")
     entry = BACKENDS.get(config.backend.name)
     entry.check_precision(config.backend.precision)
     loaded = load_model(config.model.family, config.model.checkpoint, s3=s3, **config.model.overrides)
@@ -84,12 +85,14 @@ def sample_images_from(run: PreparedRun, shards: Sequence[ShardRef]):
     def sample_images(n: int) -> list[np.ndarray]:
         images: list[np.ndarray] = []
         for ref in shards:
-            for table in read_shard(ref, run.layout, run.data, False, run.s3, frozenset(), block_rows=max(n, 1)):
+            for table in read_shard(ref, run.layout, run.data, False, run.s3, frozenset(), block_rows=max(n,
+                                                                                                          1)):
                 for data, error in zip(table.column("image").to_pylist(), table.column("error").to_pylist()):
                     if error or data is None:
                         continue
                     try:
-                        images.append(run.processing.prepare(open_image(data, max_pixels=run.data.max_pixels)).image)
+                        images.append(run.processing.prepare(open_image(data,
+                                                                        max_pixels=run.data.max_pixels)).image)
                     except Exception:  # a bad file is the pipeline's business, not calibration's
                         continue
                     if len(images) >= n:
@@ -106,6 +109,7 @@ def prepared_backend_spec(run: PreparedRun, shards: Sequence[ShardRef], *, threa
     (`name`, `precision`, `options`: bench compares several backends)."""
     spec = BackendSpec.of_run(run.config, run.loaded.family.name, threads, **overrides)
     context = PrepareContext(settings=run.config.backend, to_network_input=run.processing.to_network_input,
-                             sample_images=sample_images_from(run, shards), cache_dir=str(cache_dir() / "backends"),
+                             sample_images=sample_images_from(run, shards),
+                             cache_dir=str(cache_dir() / "backends"),
                              s3=run.s3)
     return prepare_backend(spec, context)

@@ -10,9 +10,10 @@ _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
 }
-# When a node is lost, calls to the inference actor it held fail at once until Ray notices (health checks, up to
-# ~15 s) and restarts the actor elsewhere. Spacing those retries out (5, 10, 20 s) keeps the few the run allows
-# (run.INFERENCE_TASK_RETRIES) from being spent before then. Read by the driver, which submits the actor tasks.
+# When a node is lost, calls to the inference actor it held fail at once until Ray notices (health checks, up
+# to ~15 s) and restarts the actor elsewhere. Spacing those retries out (5, 10, 20 s) keeps the few the run
+# allows (run.INFERENCE_TASK_RETRIES) from being spent before then. Read by the driver, which submits the
+# actor tasks.
 NODE_LOSS_RETRY_ENV = {
     "RAY_task_actor_unavailable_retry_delay_base_ms": "5000",
     "RAY_task_actor_unavailable_retry_max_delay_ms": "60000",
@@ -27,15 +28,15 @@ def progress_default() -> bool:
 def ensure_ray(address: str | None = None, *, progress: bool | None = None) -> None:
     """Initialise Ray once per process.
 
-    `address` (or RAY_ADDRESS, which `ray job submit` sets for its jobs) connects to that cluster; with neither, a
-    local Ray is started with this machine's CPUs and no dashboard.
+    `address` (or RAY_ADDRESS, which `ray job submit` sets for its jobs) connects to that cluster; with
+    neither, a local Ray is started with this machine's CPUs and no dashboard.
     """
     import ray
 
     show_progress = progress_default() if progress is None else progress
     if not ray.is_initialized():
-        # Read once, when Ray starts or connects: set them only then, not on every call (a process that already
-        # runs Ray, a test session or a notebook, keeps its environment).
+        # Read once, when Ray starts or connects: set them only then, not on every call (a process that
+        # already runs Ray, a test session or a notebook, keeps its environment).
         for key, value in {**_QUIET_ENV, **NODE_LOSS_RETRY_ENV}.items():
             os.environ.setdefault(key, value)
         if not show_progress:

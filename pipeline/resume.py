@@ -1,7 +1,8 @@
 """The commit/resume protocol around one run's output folder.
 
 * A fresh run clears what earlier runs wrote there (`clear_outputs`); a resumed one keeps it.
-* `_run/settings.json` records the settings that decide the results (the `result` fields of `RunConfig` and the
+* `_run/settings.json` records the settings that decide the results (the `result` fields of `RunConfig` and
+  the
   checkpoint's sha256); `--resume` refuses to mix in results made with other ones.
 * Rows that committed parts hold are skipped (`done_rows`); at the end every listed row must be in exactly one
   part (`check_every_input_accounted`), and a resumed run deletes mask files that no commit record names
@@ -42,8 +43,8 @@ def check_resume_settings(config: RunConfig, checkpoint_sha256: str, s3: fs.S3Op
             detail = "; ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise ConfigError(
                 f"--resume: the run in {config.output.uri} was made with other settings ({detail}), and its "
-                "committed results would be mixed with new ones. Resume with the same settings, or drop --resume "
-                "to start over.")
+                "committed results would be mixed with new ones. Resume with the same settings, or drop "
+                "--resume to start over.")
         return
     storage.write_bytes(uri, json.dumps(settings, indent=2).encode("utf-8"))
 
@@ -55,8 +56,8 @@ def done_rows(parts: Sequence[PartRecord], output: str) -> dict[int, frozenset[i
         rows = done.setdefault(part.shard, set())
         if not rows.isdisjoint(part.rows):
             raise PipelineError(
-                f"--resume: part {part.part} commits rows of shard {part.shard} that another part already holds, "
-                f"so the records in {parts_dir(output)} are inconsistent. Run again without --resume.")
+                f"--resume: part {part.part} commits rows of shard {part.shard} that another part already "
+                f"holds, so the records in {parts_dir(output)} are inconsistent. Run again without --resume.")
         rows.update(part.rows)
     return {shard: frozenset(rows) for shard, rows in done.items()}
 
@@ -64,7 +65,8 @@ def done_rows(parts: Sequence[PartRecord], output: str) -> dict[int, frozenset[i
 def check_every_input_accounted(shards: Sequence[ShardRef], parts: Sequence[PartRecord]) -> None:
     """processed + errored = inputs: every row of a listed shard must be in exactly one part.
 
-    Container shards (parquet, webdataset) are not counted before they are read, so only listed shards are checked.
+    Container shards (parquet, webdataset) are not counted before they are read, so only listed shards are
+    checked.
     """
     seen: Counter[int] = Counter()
     for part in parts:
@@ -74,8 +76,8 @@ def check_every_input_accounted(shards: Sequence[ShardRef], parts: Sequence[Part
     if missing:
         listed = ", ".join(f"shard {i}: {n}" for i, n in missing[:10])
         raise RunFailed(
-            f"{len(missing)} shard(s) have inputs with neither a result nor an error (missing rows {listed}): the "
-            "pipeline lost them. Run the same command with --resume to redo exactly those.")
+            f"{len(missing)} shard(s) have inputs with neither a result nor an error (missing rows "
+            f"{listed}): the pipeline lost them. Run the same command with --resume to redo exactly those.")
 
 
 def remove_orphan_files(output: str, parts: Sequence[PartRecord], s3: fs.S3Options | None) -> None:

@@ -1,12 +1,14 @@
 """One scoring or prediction run, end to end, in a single streaming Ray Data pass.
 
-    shards (manifest) -> read bytes (tasks) -> decode + preprocess (tasks) -> infer + post-process (actor pool)
+    shards (manifest) -> read bytes (tasks) -> decode + preprocess (tasks) -> infer + post-process (actor
+    pool)
         -> score + encode + write + commit (sink tasks) -> merged part records -> metrics.json
 
-Inference runs once per image: the dataset is consumed exactly once, by the sink, and metrics come only from the
-commit records the sink's parts return (never from re-reading or re-running anything). This module composes the
-steps; each lives in its own module: `prepare` (model, processing, layout, backend spec), `io.manifest`
-(listing), `resume` (the commit/resume protocol), `actor_plan`, `stages` (per-batch work), `io.sink`, `results`.
+Inference runs once per image: the dataset is consumed exactly once, by the sink, and metrics come only from
+the commit records the sink's parts return (never from re-reading or re-running anything). This module
+composes the steps; each lives in its own module: `prepare` (model, processing, layout, backend spec),
+`io.manifest` (listing), `resume` (the commit/resume protocol), `actor_plan`, `stages` (per-batch work),
+`io.sink`, `results`.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from pipeline.io.outputs import ERRORS, metrics_name
 from pipeline.prepare import PreparedRun, prepare_run, prepared_backend_spec
 from pipeline.results import RunFailed, RunResult, check_error_limit, run_metrics
 
-# A batch whose actor dies (killed, out of memory, a crashing native library) is re-run on a restarted actor up to
-# this many times; Ray's default is forever, which would loop on an input that crashes the process every time.
+# A batch whose actor dies (killed, out of memory, a crashing native library) is re-run on a restarted actor
+# up to this many times; Ray's default is forever, which would loop on an input that crashes the process every
+# time.
 INFERENCE_TASK_RETRIES = 3
 
 logger = logging.getLogger(__name__)
@@ -76,7 +79,8 @@ def run(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
     if not config.execution.resume:
         resume.clear_outputs(output, s3)
     listing_started = time.perf_counter()
-    shards = plan_shards(prepared.layout, config.data.input, prepared.data, output, config.execution.shard_size, s3,
+    shards = plan_shards(prepared.layout, config.data.input, prepared.data, output,
+                         config.execution.shard_size, s3,
                          reuse=config.execution.resume, expect_labels=config.scoring, limit=config.data.limit)
     listing_seconds = time.perf_counter() - listing_started
     resume.check_resume_settings(config, prepared.loaded.checkpoint.sha256, s3)
@@ -122,11 +126,13 @@ def _execute(prepared: PreparedRun, shards: list[ShardRef], done: dict[int, froz
     if not pending:
         return [], plan
     if pending < plan.actors:
-        plan = dataclasses.replace(_plan(prepared, max_useful=pending), threads=plan.threads)  # spec keeps its threads
+        plan = dataclasses.replace(_plan(prepared, max_useful=pending),
+                                   threads=plan.threads)  # spec keeps its threads
     png_file = None
     if config.output.png_values == "upstream":
         png_file = prepared.processing.upstream_png_encoder(prepared.loaded.checkpoint.metadata.get("mask_values"))
-    sink = MaskSink(SinkSettings(config.output.uri, config.output.formats, prepared.num_classes, config.scoring,
+    sink = MaskSink(SinkSettings(config.output.uri, config.output.formats, prepared.num_classes,
+                                 config.scoring,
                                  prepared.loaded.family.name, s3, png_file))
     task_cpus = execution.num_cpus_per_task
     dataset = (
@@ -150,9 +156,9 @@ def _execute(prepared: PreparedRun, shards: list[ShardRef], done: dict[int, froz
     except Exception as err:
         first_line = (str(err).splitlines() or [""])[0][:500]
         raise RunFailed(
-            f"The pipeline stopped before it finished ({type(err).__name__}: {first_line}). Every part committed so "
-            f"far is kept in {config.output.uri}: fix the cause, then run the same command with --resume to do only "
-            "the rest.") from err
+            f"The pipeline stopped before it finished ({type(err).__name__}: {first_line}). Every part "
+            f"committed so far is kept in {config.output.uri}: fix the cause, then run the same command with "
+            "--resume to do only the rest.") from err
     return sink.parts, plan
 
 
@@ -178,7 +184,8 @@ def _finish(prepared: PreparedRun, shards: Sequence[ShardRef], previous: list[Pa
                           "precision": config.backend.precision, "actors": plan.actors,
                           "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size}
     errors = sorted((e for part in parts for e in part.errors), key=lambda e: (e.shard, e.row))
-    fs.write_bytes(fs.join(output, ERRORS), "".join(json.dumps(e.to_json()) + "\n" for e in errors).encode("utf-8"),
+    fs.write_bytes(fs.join(output, ERRORS),
+                   "".join(json.dumps(e.to_json()) + "\n" for e in errors).encode("utf-8"),
                    s3)
     metrics_uri = fs.join(output, metrics_name(config.scoring))
     fs.write_bytes(metrics_uri, json.dumps(metrics, indent=2).encode("utf-8"), s3)

@@ -69,8 +69,8 @@ def parse_shape(text: str | None, in_channels: int | None = None, option: str = 
     if len(values) == 3:
         channels, height, width = values
         if in_channels is not None and channels != in_channels:
-            raise ConfigError(f"{option} {text}: the model takes {in_channels} input channel(s), the shape says "
-                              f"{channels}. Use {in_channels}x{height}x{width}.")
+            raise ConfigError(f"{option} {text}: the model takes {in_channels} input channel(s), the shape "
+                              f"says {channels}. Use {in_channels}x{height}x{width}.")
         return channels, height, width
     if in_channels is None:
         raise ConfigError(f"Expected {option} as CxHxW (e.g. 3x512x512), got {text!r}.")

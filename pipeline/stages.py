@@ -1,8 +1,8 @@
 """The per-batch work of a run: decode + preprocess (CPU tasks) and inference + post-processing (actors).
 
-Batches are dicts of numpy arrays, one entry per column. Images travel between stages as raw uint8 bytes with their
-shape, so no stage depends on Ray's tensor extension types. A row that fails keeps flowing with `error` set and its
-payload dropped, so every input ends as a result or a recorded error.
+Batches are dicts of numpy arrays, one entry per column. Images travel between stages as raw uint8 bytes with
+their shape, so no stage depends on Ray's tensor extension types. A row that fails keeps flowing with `error`
+set and its payload dropped, so every input ends as a result or a recorded error.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pipeline.datasets import LabelRule
 from pipeline.io.fs import S3Options
 from pipeline.io.images import DEFAULT_MAX_PIXELS, check_same_size, open_image
 from pipeline.io.rows import (
-    PASSTHROUGH_COLUMNS, PREDICTED_COLUMNS, PREPARED_COLUMNS, failed, object_column, pack, record_failure, unpack,
+    PASSTHROUGH_COLUMNS, PREDICTED_COLUMNS, PREPARED_COLUMNS, failed, object_column, pack, record_failure,
+    unpack,
 )
 
 
@@ -64,9 +65,9 @@ def _release_free_memory() -> None:
 class Predictor:
     """Inference actor: builds its backend once, then turns preprocessed rows into class masks.
 
-    Rows are grouped by network input shape (milesial's scale keeps each image's aspect ratio) and run in chunks
-    of at most `spec.batch_size`. Post-processing back to each image's size happens here, next to the logits, so
-    only uint8 masks leave the actor.
+    Rows are grouped by network input shape (milesial's scale keeps each image's aspect ratio) and run in
+    chunks of at most `spec.batch_size`. Post-processing back to each image's size happens here, next to the
+    logits, so only uint8 masks leave the actor.
     """
 
     def __init__(self, spec: BackendSpec, processing: Any, s3: S3Options | None = None) -> None:
@@ -76,7 +77,8 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        out: dict[str, list] = {key: list(batch[key]) if key in batch else [None] * n for key in PREDICTED_COLUMNS}
+        out: dict[str,
+                  list] = {key: list(batch[key]) if key in batch else [None] * n for key in PREDICTED_COLUMNS}
         groups: dict[str, list[int]] = {}
         for i in range(n):
             if not failed(out["error"][i]):
@@ -88,7 +90,8 @@ class Predictor:
         _release_free_memory()
         return {key: object_column(out[key]) for key in PREDICTED_COLUMNS}
 
-    def _run_chunk(self, batch: dict[str, np.ndarray], out: dict[str, list], shape: str, chunk: list[int]) -> None:
+    def _run_chunk(self, batch: dict[str, np.ndarray], out: dict[str, list], shape: str,
+                   chunk: list[int]) -> None:
         images = np.stack([unpack(batch["net"][i], shape) for i in chunk])
         try:
             outputs = self.backend.run(images)

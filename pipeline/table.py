@@ -1,9 +1,9 @@
 """The precision table: one dataset scored across models, backends, precisions and input shapes.
 
-Every cell is a real scoring run (`pipeline.run.run`), so its mIoU and images/s are what `score` reports for that
-configuration. Rows carry the seed table's columns (model, backbone, source, FLOPs, params, mIoU, dataset,
-shape), plus backend, precision, images/s and the mIoU change against the reference row: the first fp32 variant
-of the same model and shape (`reference` marks it; its change is 0).
+Every cell is a real scoring run (`pipeline.run.run`), so its mIoU and images/s are what `score` reports for
+that configuration. Rows carry the seed table's columns (model, backbone, source, FLOPs, params, mIoU,
+dataset, shape), plus backend, precision, images/s and the mIoU change against the reference row: the first
+fp32 variant of the same model and shape (`reference` marks it; its change is 0).
 
 Processing defaults to "model-res" (masks and labels at the network size, the seed table's convention), which
 takes an input size for every family, so `shapes` applies to all models. FLOPs use the "seed" convention (the
@@ -31,7 +31,8 @@ from pipeline.quantize.methods import precision_label, table_calibrations
 DEFAULT_VARIANTS = "torch:fp32,onnx:fp16,onnx:int8"
 BUILTIN_SHAPES = ((128, 128),)  # the built-in images are 96-160 px: score them near their own scale
 BINARY_CLASS_NAMES = ("background", "shape")
-COLUMNS = ("model", "backbone", "source", "gflops", "params", "miou", "dataset", "shape", "backend", "precision",
+COLUMNS = ("model", "backbone", "source", "gflops", "params", "miou", "dataset", "shape", "backend",
+           "precision",
            "calibration", "images_per_second", "miou_change")
 
 
@@ -89,7 +90,8 @@ def binary_builtin_dataset(count: int | None = None) -> str:
     return str(root)
 
 
-def _dataset_for(spec: TableSpec, entry_settings: dict[str, Any], single_output: bool) -> tuple[str, dict[str, Any]]:
+def _dataset_for(spec: TableSpec, entry_settings: dict[str, Any],
+                 single_output: bool) -> tuple[str, dict[str, Any]]:
     """(input URI, extra run settings) of one model's runs."""
     from pipeline.defaults import DEFAULT_RUN, default_dataset
 
@@ -123,11 +125,13 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
         channels = loaded.in_channels
         for shape in spec.shapes:
             height, width = shape or family.default_input_size
-            figures = model_figures(family.name, (channels, height, width), convention="seed", **loaded.config)
+            figures = model_figures(family.name, (channels, height, width), convention="seed",
+                                    **loaded.config)
             group: list[dict[str, Any]] = []
             for variant in spec.variants:
                 for calibration in table_calibrations(variant.precision, spec.run.get("calibration")):
-                    group.append(_score_cell(spec, index, family.name, entry, settings, dataset, dataset_settings,
+                    group.append(_score_cell(spec, index, family.name, entry, settings, dataset,
+                                             dataset_settings,
                                              figures, (channels, height, width), variant, calibration))
             reference = next((row for row in group if row["precision"] == "fp32"), None)
             for row in group:
@@ -138,7 +142,8 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def _score_cell(spec: TableSpec, index: int, model: str, entry: ModelEntry, settings: dict[str, Any], dataset: str,
+def _score_cell(spec: TableSpec, index: int, model: str, entry: ModelEntry, settings: dict[str, Any],
+                dataset: str,
                 dataset_settings: dict[str, Any], figures: dict[str, Any], shape: tuple[int, int, int],
                 variant: BackendVariant, calibration: str | None) -> dict[str, Any]:
     """One row: a full scoring run of one model x shape x variant (x calibration for int8)."""
@@ -165,7 +170,8 @@ def _score_cell(spec: TableSpec, index: int, model: str, entry: ModelEntry, sett
         "miou": metrics["miou"], "dataset": _dataset_label(dataset), "shape": f"{channels}x{height}x{width}",
         "backend": variant.backend, "precision": variant.precision, "calibration": calibration,
         "images_per_second": metrics["timings"]["images_per_second"], "miou_change": None,
-        "checkpoint": entry.checkpoint, "num_images": metrics["num_images"], "num_errors": metrics["num_errors"],
+        "checkpoint": entry.checkpoint, "num_images": metrics["num_images"],
+        "num_errors": metrics["num_errors"],
         "run": config.output.uri,
     }
 

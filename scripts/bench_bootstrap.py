@@ -105,8 +105,9 @@ def main() -> None:
     parser.add_argument("--rows-per-part", type=int, default=1000)
     args = parser.parse_args()
 
-    print(f"{args.images} images x {args.classes} classes x {args.resamples} resamples; "
-          f"{os.cpu_count()} CPUs; numpy {np.__version__}; OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    print(f"{args.images} images x {args.classes} classes x {args.resamples} resamples; {os.cpu_count()} "
+          f"CPUs; numpy {np.__version__}; "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     start = time.perf_counter()
     a = synthetic_run(args.images, args.classes, seed=0)
     b = synthetic_run(args.images, args.classes, seed=1)

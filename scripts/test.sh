@@ -17,6 +17,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# torch is pinned (==2.13.0, the CPU build) in pyproject.toml; an unpinned torch would pull a multi-GB CUDA build.
+# torch first, alone: `torch==2.13.0` by itself takes the CPU build where one lies on disk (this machine kind's
+# /opt/wheels), while resolved together with the project's other dependencies pip picks PyPI's CUDA build (5 GB of
+# nvidia-* wheels, 640 MB per process). The project's pin (==2.13.0) is then already satisfied.
+.venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e '.[all,test]'
+if [ -z "${SKIP_LINT:-}" ]; then  # SKIP_LINT=1 scripts/test.sh ... to iterate on tests only
+    .venv/bin/ruff check pipeline jobs tests scripts
+    .venv/bin/mypy
+    .venv/bin/lint-imports --no-cache > /dev/null || .venv/bin/lint-imports --no-cache
+fi
 exec .venv/bin/python -m pytest "$@"

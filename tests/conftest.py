@@ -16,10 +16,12 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_custom_unit_instance_resources", "neuron_cores,TPU,NPU,HPU,RBLN,FURIOSA,TTNPU,MBLT,VACC")
-# Fake credentials for the moto server, set before Ray starts: Ray workers keep the environment they were started
-# with, so values set later (by the s3_server fixture) never reach them; the endpoint travels in S3Options. The
-# secret and the token are canaries: tests/faults/test_safety.py checks that no output or log ever holds them.
+os.environ.setdefault("RAY_custom_unit_instance_resources",
+                      "neuron_cores,TPU,NPU,HPU,RBLN,FURIOSA,TTNPU,MBLT,VACC")
+# Fake credentials for the moto server, set before Ray starts: Ray workers keep the environment they were
+# started with, so values set later (by the s3_server fixture) never reach them; the endpoint travels in
+# S3Options. The secret and the token are canaries: tests/faults/test_safety.py checks that no output or log
+# ever holds them.
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "canary-secret-5e1f0b27",
                     "AWS_SESSION_TOKEN": "canary-token-9c4d2a61"}
 for _key, _value in FAKE_CREDENTIALS.items():
@@ -41,8 +43,8 @@ def _free_port() -> int:
 def ray_session():
     """A local Ray shared by every test of the session (starting one costs ~7 s).
 
-    Always this fixture's own Ray, with the resources and worker path below: a Ray some other code started in this
-    process (which tests/isolation.py reports as a leak) is replaced, never reused.
+    Always this fixture's own Ray, with the resources and worker path below: a Ray some other code started in
+    this process (which tests/isolation.py reports as a leak) is replaced, never reused.
     """
     import ray
     from isolation import restore_session_state, session_state
@@ -52,17 +54,20 @@ def ray_session():
     if ray.is_initialized():
         ray.shutdown()
     with session_state() as before:  # the driver's PYTHONBREAKPOINT, Ray's for the session
-        # tests/fakes on the workers' path: the fake `vaststreamx` for VACC actors (tests/backends/test_vacc_ray.py).
+        # tests/fakes on the workers' path: the fake `vaststreamx` for VACC actors
+        # (tests/backends/test_vacc_ray.py).
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False,
-                 resources={"VACC": 2}, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT / "tests" / "fakes")}})
+                 resources={"VACC": 2},
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT / "tests" / "fakes")}})
         ensure_ray(progress=False)
     yield ray
     ray.shutdown()
     restore_session_state(before)
 
 
-# The S3 server's address and credentials are fixed before any Ray starts, so that Ray workers inherit them from
-# the environment exactly as they would on a user's machine (credentials are never passed through the pipeline).
+# The S3 server's address and credentials are fixed before any Ray starts, so that Ray workers inherit them
+# from the environment exactly as they would on a user's machine (credentials are never passed through the
+# pipeline).
 S3_PORT = _free_port()
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_REGION": "us-east-1"}
@@ -73,8 +78,8 @@ os.environ.update(S3_ENV)
 def s3_server():
     """A moto S3 server on 127.0.0.1 in its own process; yields its endpoint URL.
 
-    Credentials and endpoint are in the environment (set at import, above), where users put them, so the code under
-    test uses its normal path (s3fs/botocore reading AWS_* variables).
+    Credentials and endpoint are in the environment (set at import, above), where users put them, so the code
+    under test uses its normal path (s3fs/botocore reading AWS_* variables).
     """
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],

@@ -53,7 +53,8 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 
 
 def palette_png(classes: np.ndarray) -> Image.Image:
-    image = Image.frombytes("P", (classes.shape[1], classes.shape[0]), np.ascontiguousarray(classes).tobytes())
+    image = Image.frombytes("P", (classes.shape[1], classes.shape[0]),
+                            np.ascontiguousarray(classes).tobytes())
     image.putpalette([v for i in range(256) for v in (i * 7 % 256, i * 13 % 256, i * 29 % 256)])
     return image
 
@@ -130,7 +131,8 @@ def write_folder(root: Path, items) -> Path:
     return root
 
 
-# ------------------------------------------------------------------------------------------- one case per layout
+# ------------------------------------------------------------------------------------------- one case per
+# layout
 
 @dataclass(frozen=True)
 class LayoutCase:
@@ -178,7 +180,7 @@ def layout_case(name: str) -> LayoutCase:
     """The case of a registered layout; a layout registered without one fails the test that asks, saying what to
     add."""
     if name not in LAYOUT_CASES:
-        pytest.fail(f"Layout {name!r} is registered in pipeline.datasets.LAYOUTS but tests/factories.py has no "
-                    f"LayoutCase for it: add a write_{name.replace('-', '_')}(root, items) writer and "
+        pytest.fail(f"Layout {name!r} is registered in pipeline.datasets.LAYOUTS but tests/factories.py has "
+                    f"no LayoutCase for it: add a write_{name.replace('-', '_')}(root, items) writer and "
                     f"LAYOUT_CASES[{name!r}] = LayoutCase(write_...).", pytrace=False)
     return LAYOUT_CASES[name]

@@ -3,16 +3,18 @@
 Loaded by tests/conftest.py (`pytest_plugins`). What it guards, around every test:
 
 * torch's intra-op and inter-op thread counts and its global numeric flags (grad mode, default dtype,
-  deterministic algorithms, float32 matmul precision, oneDNN/cuDNN switches): oneDNN picks its kernels by thread
-  count, and a kernel change moves logits by ~1e-6, enough to flip a near-tie pixel of an exactness test;
+  deterministic algorithms, float32 matmul precision, oneDNN/cuDNN switches): oneDNN picks its kernels by
+  thread count, and a kernel change moves logits by ~1e-6, enough to flip a near-tie pixel of an exactness
+  test;
 * the environment variables and the working directory;
 * the Ray session: only tests that ask for the `ray_session` fixture may start Ray in this process.
 
 A test (or a function-scoped fixture) that changes one of these and does not put it back is failed at teardown
-with the list of what changed, and the state is restored, so that one leak does not cascade into the tests after
-it. State changed by a module- or session-scoped fixture is checked against the session's baseline after the last
-test of each module and reported the same way; a session fixture that changes state on purpose for the whole
-session (`ray_session`: starting Ray sets PYTHONBREAKPOINT in the driver) declares it with `session_state`.
+with the list of what changed, and the state is restored, so that one leak does not cascade into the tests
+after it. State changed by a module- or session-scoped fixture is checked against the session's baseline after
+the last test of each module and reported the same way; a session fixture that changes state on purpose for
+the whole session (`ray_session`: starting Ray sets PYTHONBREAKPOINT in the driver) declares it with
+`session_state`.
 
 Random number generators are not compared (any draw changes them): each test instead starts from fixed seeds
 for Python's `random`, numpy's legacy global generator and torch's default generator, set before its fixtures
@@ -103,8 +105,8 @@ class GlobalState:
         if self.cwd != later.cwd:
             out.append(f"os.getcwd(): {self.cwd!r} -> {later.cwd!r}")
         if ray and self.ray != later.ray:
-            out.append(f"ray.is_initialized(): {self.ray} -> {later.ray} (start Ray through the `ray_session` "
-                       "fixture, which every test shares and which shuts it down at the end)")
+            out.append(f"ray.is_initialized(): {self.ray} -> {later.ray} (start Ray through the "
+                       "`ray_session` fixture, which every test shares and which shuts it down at the end)")
         return out
 
     def restore(self) -> None:
@@ -142,7 +144,8 @@ _baseline: GlobalState | None = None
 @contextmanager
 def session_state() -> Iterator[GlobalState]:
     """Wraps the set-up of a session-scoped fixture that changes process state on purpose and for the whole session
-    (starting Ray sets PYTHONBREAKPOINT in the driver): the changes made inside become the baseline every module is
+    (starting Ray sets PYTHONBREAKPOINT in the driver): the changes made inside become the baseline every
+    module is
     checked against. Its tear-down should call `restore_session_state` with the state `session_state` yields."""
     global _baseline
     before = GlobalState.capture()
@@ -179,8 +182,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def _no_leaked_global_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails a test whose body or function-scoped fixtures leave global state changed (see module docstring).
 
-    Higher-scoped fixtures (`ray_session` among them) are set up before this one, so the Ray a test asked for is
-    already running in `before`; a test that starts Ray without asking shows up as a change.
+    Higher-scoped fixtures (`ray_session` among them) are set up before this one, so the Ray a test asked for
+    is already running in `before`; a test that starts Ray without asking shows up as a change.
     """
     before = GlobalState.capture()
     yield
@@ -202,5 +205,6 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if changes:
         _baseline.restore()
         where = getattr(module, "__name__", item.nodeid)
-        pytest.fail(_leak_message(f"A module- or session-scoped fixture used by {where}", changes), pytrace=False)
+        pytest.fail(_leak_message(f"A module- or session-scoped fixture used by {where}", changes),
+                    pytrace=False)
     return result

@@ -1,25 +1,26 @@
 """Exact mask comparison that tells float noise from real differences.
 
 A mask computed here and the upstream mask in tests/fixtures/reference/ must agree on every pixel whose
-decision the reference makes with a margin above float noise; a pixel whose reference margin is within noise may
-flip (another CPU, thread count or oneDNN kernel moves logits by ~1e-6). Such flips are counted, printed with
-their margins, and allowed up to a handful per image; any other difference fails.
+decision the reference makes with a margin above float noise; a pixel whose reference margin is within noise
+may flip (another CPU, thread count or oneDNN kernel moves logits by ~1e-6). Such flips are counted, printed
+with their margins, and allowed up to a handful per image; any other difference fails.
 
     comparison = compare_masks(got, expected, margin, tolerance=LOGIT_NOISE, unit="logit", what="img0 head")
     comparison.check()          # prints the report; fails on a mismatch or on too many near-tie flips
 
 `margin` is the reference's decision margin at each pixel, where the decision is taken:
 * `score_margin` for an arg-max (top-2 gap) or threshold (distance to it) of logits or probabilities;
-* `pinned_margin` for milesial a013c80, whose arg-max is taken on 8-bit PIL-resized probabilities: the decision
-  is exact integer arithmetic once the bytes are fixed, so the float-noise margin is how far each probability in
-  the pixel's resize footprint is from changing its byte (x * 255 truncated). `compare_pinned_masks` then checks
-  that each flip within that margin is really reachable by moving those bytes (otherwise it is a mismatch).
+* `pinned_margin` for milesial a013c80, whose arg-max is taken on 8-bit PIL-resized probabilities: the
+  decision is exact integer arithmetic once the bytes are fixed, so the float-noise margin is how far each
+  probability in the pixel's resize footprint is from changing its byte (x * 255 truncated).
+  `compare_pinned_masks` then checks that each flip within that margin is really reachable by moving those
+  bytes (otherwise it is a mismatch).
 
 Tolerances (the noise a pixel's reference margin must exceed to be compared exactly):
 * LOGIT_NOISE = 2e-5: logits computed here differ from the fixtures by at most 3.4e-6 (milesial <= 2.1e-6,
   bubbliiiing <= 3.4e-6 in the stored centre; 1 or 2 torch threads, OMP_NUM_THREADS=1; the model tests assert
-  < 1e-4); a top-2 gap moves by at most twice that (6.8e-6), so 2e-5 leaves a factor ~3 for other CPUs' kernels
-  (AVX-512/AMX oneDNN) and the float32 rounding of the bilinear resize (~1e-7 of the values).
+  < 1e-4); a top-2 gap moves by at most twice that (6.8e-6), so 2e-5 leaves a factor ~3 for other CPUs'
+  kernels (AVX-512/AMX oneDNN) and the float32 rounding of the bilinear resize (~1e-7 of the values).
 * PROBABILITY_NOISE = 1e-5: a softmax moves a top-2 probability gap by at most half the logit gap's change
   (d(p1 - p0) <= |d(l1 - l0)| / 2: <= 1e-5 for the logit tolerance above; one probability of a 2-class softmax
   moves by at most a quarter of it); OpenCV's bilinear (upstream bubbliiiing) and torch's differ by ~1e-6;
@@ -82,9 +83,9 @@ class MaskComparison:
         return not self.near_ties and not self.mismatches
 
     def report(self) -> str:
-        summary = (f"{self.what}: {self.pixels} pixels, {self.within_noise} with a reference {self.unit} margin "
-                   f"<= {self.tolerance:g}; {len(self.near_ties)} near-tie flip(s), {len(self.mismatches)} "
-                   "mismatch(es)")
+        summary = (f"{self.what}: {self.pixels} pixels, {self.within_noise} with a reference {self.unit} "
+                   f"margin <= {self.tolerance:g}; {len(self.near_ties)} near-tie flip(s), "
+                   f"{len(self.mismatches)} mismatch(es)")
         lines = [summary]
         lines += [f"  near tie {flip}" for flip in self.near_ties]
         lines += [f"  MISMATCH {flip}" for flip in self.mismatches[:20]]
@@ -117,8 +118,8 @@ def compare_masks(got: np.ndarray, expected: np.ndarray, margin: np.ndarray, *, 
 def score_margin(scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """(C, H, W) scores -> (H, W) decision margin, in the scores' units.
 
-    C > 1: the gap between the largest and the second-largest channel (the arg-max's margin). C == 1: the distance
-    to `threshold` (a logit threshold for sigmoid(logit) > t is log(t / (1 - t))).
+    C > 1: the gap between the largest and the second-largest channel (the arg-max's margin). C == 1: the
+    distance to `threshold` (a logit threshold for sigmoid(logit) > t is log(t / (1 - t))).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape[0] == 1:
@@ -129,7 +130,8 @@ def score_margin(scores: np.ndarray, threshold: float | None = None) -> np.ndarr
     return ordered[-1] - ordered[-2]
 
 
-# ------------------------------------------------------------------ milesial a013c80: 8-bit probabilities, PIL
+# ------------------------------------------------------------------ milesial a013c80: 8-bit probabilities,
+# PIL
 
 def quantise(probabilities: np.ndarray) -> np.ndarray:
     """torchvision ToPILImage on float input: float32(p * 255) truncated to uint8. (C, h, w) -> (C, h, w)."""
@@ -180,12 +182,14 @@ def pil_decision(quantised: np.ndarray, size_hw: tuple[int, int], threshold: flo
     count = quantised.shape[0]
     size_wh = (size_hw[1], size_hw[0])
     if count > 4:
-        resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize(size_wh, Image.BILINEAR))
+        resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize(size_wh,
+                                                                                       Image.BILINEAR))
                             for c in quantised])
     else:
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[count]
         hwc = np.ascontiguousarray(quantised.transpose(1, 2, 0))
-        image = Image.frombytes(mode, (hwc.shape[1], hwc.shape[0]), hwc.tobytes()).resize(size_wh, Image.BILINEAR)
+        image = Image.frombytes(mode, (hwc.shape[1], hwc.shape[0]), hwc.tobytes()).resize(size_wh,
+                                                                                          Image.BILINEAR)
         resized = np.asarray(image).reshape(size_hw[0], size_hw[1], count).transpose(2, 0, 1)
     if count == 1:
         return (resized[0].astype(np.float32) / np.float32(255) > np.float32(threshold)).astype(np.uint8)
@@ -197,16 +201,18 @@ def compare_pinned_masks(got: np.ndarray, expected: np.ndarray, probabilities: n
                          what: str = "mask") -> MaskComparison:
     """`compare_masks` for milesial a013c80, from the reference's (C, h, w) probabilities.
 
-    A flip counts as a near tie only if moving some of the bytes within `tolerance` of a byte boundary, in that
-    pixel's resize footprint, gives the flipped class; otherwise it is a mismatch, whatever its margin.
+    A flip counts as a near tie only if moving some of the bytes within `tolerance` of a byte boundary, in
+    that pixel's resize footprint, gives the flipped class; otherwise it is a mismatch, whatever its margin.
     """
     size_hw = tuple(np.shape(expected))
     comparison = compare_masks(got, expected, pinned_margin(probabilities, size_hw), tolerance=tolerance,
                                unit="probability (to a byte boundary)", what=what)
-    reachable = [f for f in comparison.near_ties if _reachable(f, probabilities, size_hw, threshold, tolerance)]
+    reachable = [f for f in comparison.near_ties if _reachable(f, probabilities, size_hw, threshold,
+                                                               tolerance)]
     unreachable = [f for f in comparison.near_ties if f not in reachable]
     return MaskComparison(comparison.what, comparison.unit, comparison.tolerance, comparison.pixels,
-                          comparison.within_noise, tuple(reachable), comparison.mismatches + tuple(unreachable))
+                          comparison.within_noise, tuple(reachable),
+                          comparison.mismatches + tuple(unreachable))
 
 
 def _reachable(flip: Flip, probabilities: np.ndarray, size_hw: tuple[int, int], threshold: float,

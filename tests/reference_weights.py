@@ -40,7 +40,8 @@ def reference_state_dict(keys_file: str, centered: str | None = None) -> Ordered
     state = state_dict_from_keys(entries)
     if centered is not None:
         bias = json.loads((FIXTURES / "centered_head_bias.json").read_text())[centered]
-        state[bias["key"]] = torch.tensor(bias["values"], dtype=torch.float32).reshape(state[bias["key"]].shape)
+        state[bias["key"]] = torch.tensor(bias["values"],
+                                          dtype=torch.float32).reshape(state[bias["key"]].shape)
     return state
 
 
@@ -48,6 +49,7 @@ def write_deterministic_checkpoint(path, name: str, **config) -> str:
     """Save a registered model with the recipe's weights for its own keys (any config) as a .pth state_dict."""
     from pipeline.models import create_model
 
-    shapes = [{"key": k, "shape": list(v.shape)} for k, v in create_model(name, **config).state_dict().items()]
+    shapes = [{"key": k, "shape": list(v.shape)} for k, v in create_model(name,
+                                                                          **config).state_dict().items()]
     torch.save(state_dict_from_keys(shapes), path)
     return str(path)

@@ -40,7 +40,8 @@ def test_a_leak_fails_the_test_that_leaked_and_is_put_back(pytester, monkeypatch
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_leaks_threads_and_environment*",
-        "*test_leaks_threads_and_environment changed process-wide state and did not restore it (restored now):",
+        "*test_leaks_threads_and_environment changed process-wide state and did not restore it (restored "
+        "now):",
         "*torch.get_num_threads(): * -> *",
         "*os.environ?'UNET_TEST_LEAK'?: <unset> -> '1'",  # ? for the brackets, which fnmatch reads as a set
     ])

@@ -2,10 +2,11 @@
 
 Two steps, on two sides of the cluster:
 
-* `prepare_backend` runs once per job on the driver: whatever must exist before any actor starts (an ONNX export,
-  an int8 calibration, checks on compiled VACC model files) is made there, cached, and recorded in the returned
-  spec's `options`, so N actors never repeat it.
-* `create_backend` runs inside each inference actor and builds the device context from that spec. Vendor SDKs are
+* `prepare_backend` runs once per job on the driver: whatever must exist before any actor starts (an ONNX
+  export, an int8 calibration, checks on compiled VACC model files) is made there, cached, and recorded in the
+  returned spec's `options`, so N actors never repeat it.
+* `create_backend` runs inside each inference actor and builds the device context from that spec. Vendor SDKs
+  are
   imported there, never at module import.
 
 A backend of your own: a module defining a `BackendEntry`, named `package.module:ENTRY` (it must be importable
@@ -42,7 +43,8 @@ def external_backend(name: str) -> BackendEntry:
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as err:
         raise UnknownNameError(f"Backend {name!r}: cannot load {attr!r} from module {module_name!r} ({err}). "
-                               "Check the name, and that the module is on the Ray workers' Python path.") from err
+                               "Check the name, and that the module is on the Ray workers' Python "
+                               "path.") from err
     if isinstance(found, BackendEntry):
         return found
     if not callable(found):
@@ -64,10 +66,12 @@ def prepare_backend(spec: BackendSpec, context: PrepareContext) -> BackendSpec:
     return entry.prepare(spec, context)
 
 
-def create_backend(spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> Backend:
+def create_backend(spec: BackendSpec, to_network_input: ToNetworkInput,
+                   s3: S3Options | None = None) -> Backend:
     """Actor side: build the backend `spec` names."""
     return BACKENDS.get(spec.name).create(spec, to_network_input, s3)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendEntry", "BackendSpec", "PrepareContext", "SampleImages", "ToNetworkInput",
+__all__ = ["BACKENDS", "Backend", "BackendEntry", "BackendSpec", "PrepareContext", "SampleImages",
+           "ToNetworkInput",
            "create_backend", "external_backend", "prepare_backend"]

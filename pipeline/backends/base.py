@@ -1,11 +1,11 @@
 """The contract every inference backend keeps, the spec an actor builds it from, and its registry entry.
 
 A backend owns one device context (a CPU thread pool, a CUDA device, a VACC die) for its whole life. It takes
-network-size uint8 images, because that is what preprocessing ships between workers and what a VACC die consumes
-directly, and returns the network's raw output as float32.
+network-size uint8 images, because that is what preprocessing ships between workers and what a VACC die
+consumes directly, and returns the network's raw output as float32.
 
-Each backend module declares one `BackendEntry`: how it prepares once per job on the driver (`prepare`), how an
-actor builds it (`create`), whether it runs on the CPU, how many devices a cluster offers it and what Ray
+Each backend module declares one `BackendEntry`: how it prepares once per job on the driver (`prepare`), how
+an actor builds it (`create`), whether it runs on the CPU, how many devices a cluster offers it and what Ray
 resources each actor requests, and its precisions. The run asks the entry; nothing compares backend names.
 """
 
@@ -60,7 +60,8 @@ class BackendSpec:
         """The spec of a run's backend section; `changes` override fields (bench compares several backends)."""
         spec = cls(name=config.backend.name, model=model, checkpoint=config.model.checkpoint,
                    model_config=dict(config.model.overrides), device=config.backend.device,
-                   precision=config.backend.precision, threads=threads, batch_size=config.execution.batch_size,
+                   precision=config.backend.precision, threads=threads,
+                   batch_size=config.execution.batch_size,
                    options=dict(config.backend.options))
         return dataclasses.replace(spec, **changes)
 
@@ -127,7 +128,8 @@ class BackendEntry:
             checks), `prepare(spec, context)`.
         runs_on_cpu: whether actors of these settings compute on CPU cores (then one single-threaded actor per
             core by default); else on devices, one actor per device.
-        devices: how many actors the cluster's devices take (`devices(settings, cluster_resources)`); used only
+        devices: how many actors the cluster's devices take (`devices(settings, cluster_resources)`); used
+        only
             when `runs_on_cpu` is False.
         actor_resources: Ray resources each actor requests besides CPUs (`{"num_gpus": 1}`,
             `{"resources": {"VACC": 0.5}}`).

@@ -4,9 +4,9 @@ Session options are set for an actor that owns a fixed share of the node's CPUs:
 
 * intra-op threads = `spec.threads` (the actor's CPUs; 1 if unset), inter-op threads 1, sequential execution:
   a UNet is one chain of convolutions, so parallel branches gain nothing and extra pools only compete;
-* no spin-waiting of idle pool threads: they would burn CPU that the node's other actors and the
-  preprocessing tasks need (shared/reference/cpu-inference.md: busy neighbours slow multi-threaded sessions
-  2.6x); on an idle 2-core machine spinning gained nothing (int8 UNet, 2 threads: 5.79 img/s without, 5.64 with);
+* no spin-waiting of idle pool threads: they would burn CPU that the node's other actors and the preprocessing
+  tasks need (shared/reference/cpu-inference.md: busy neighbours slow multi-threaded sessions 2.6x); on an
+  idle 2-core machine spinning gained nothing (int8 UNet, 2 threads: 5.79 img/s without, 5.64 with);
 * all graph optimisations (constant folding, Conv+ReLU fusion, NCHWc layouts, QDQ -> int8 kernels), done when
   the session is built, in each actor, because the optimised graph is specific to the CPU it runs on.
 """
@@ -31,17 +31,19 @@ def model_bytes(options: dict[str, Any]) -> bytes:
         return ray.get(options["onnx_model_ref"])
     path = options.get("onnx_path")
     if not path:
-        raise ConfigError("This onnx backend spec was not prepared: call pipeline.backends.prepare_backend(spec, "
-                          "context) on the driver first (pipeline.run.run does), then create_backend.")
+        raise ConfigError("This onnx backend spec was not prepared: call "
+                          "pipeline.backends.prepare_backend(spec, context) on the driver first "
+                          "(pipeline.run.run does), then create_backend.")
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
         raise ConfigError(f"Cannot read the ONNX model {path} ({err}): the driver built it in its own cache; "
-                          "without Ray running, the backend must be created on the driver's machine.") from err
+                          "without Ray running, the backend must be created on the driver's "
+                          "machine.") from err
     if hashlib.sha256(data).hexdigest() != options.get("onnx_sha256"):
-        raise ConfigError(f"The ONNX model {path} differs from the one the driver prepared (sha256 mismatch): the "
-                          "cache was changed meanwhile; prepare the backend again.")
+        raise ConfigError(f"The ONNX model {path} differs from the one the driver prepared (sha256 "
+                          "mismatch): the cache was changed meanwhile; prepare the backend again.")
     return data
 
 
@@ -63,15 +65,16 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> None:
+    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput,
+                 s3: S3Options | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise BackendUnavailable("--backend onnx needs onnxruntime: pip install 'unet-pipeline[onnx]', or use "
-                                     "--backend torch.") from err
+            raise BackendUnavailable("--backend onnx needs onnxruntime: pip install 'unet-pipeline[onnx]', "
+                                     "or use --backend torch.") from err
         if spec.device != "cpu":
-            raise ConfigError(f"--backend onnx runs on the CPU, not --device {spec.device}: drop --device, or use "
-                              "--backend torch --device cuda.")
+            raise ConfigError(f"--backend onnx runs on the CPU, not --device {spec.device}: drop --device, "
+                              "or use --backend torch --device cuda.")
         self.spec = spec
         self._to_network_input = to_network_input
         self._session = ort.InferenceSession(model_bytes(spec.options), session_options(spec.threads),
@@ -99,7 +102,8 @@ def _prepare(spec: BackendSpec, context: PrepareContext) -> BackendSpec:
 
 ENTRY = BackendEntry(
     name="onnx",
-    description="ONNX Runtime on the CPU: exported (and for int8 calibrated) once per job on the driver, cached.",
+    description="ONNX Runtime on the CPU: exported (and for int8 calibrated) once per job on the driver, "
+                "cached.",
     precisions=("fp32", "fp16", "int8"),
     create=OnnxBackend,
     prepare=_prepare,

@@ -3,9 +3,9 @@
 `prepare_onnx` runs in `prepare_backend`, once per job: it exports the checkpoint (dynamic batch, H and W),
 applies the precision (fp16 emulation, or int8 calibration on the job's own images and QDQ quantization) and
 writes the result under `<cache_dir>/onnx/`, named by a digest of everything the bytes depend on (checkpoint
-sha256, model config, precision, opset, input-shape policy, calibration method and the exact calibration inputs,
-package versions). A later job with the same settings reuses the file and skips export and calibration. The
-fp32 export is itself a cache entry, from which the fp16 and int8 models are derived.
+sha256, model config, precision, opset, input-shape policy, calibration method and the exact calibration
+inputs, package versions). A later job with the same settings reuses the file and skips export and
+calibration. The fp32 export is itself a cache entry, from which the fp16 and int8 models are derived.
 
 Actors get the bytes through Ray's object store (the spec carries an ObjectRef when Ray is running), so actors
 on other nodes need no shared filesystem; the spec also names the cached file and its sha256, which is what a
@@ -37,7 +37,8 @@ CACHE_FOLDER = "onnx"
 def check_settings(spec: BackendSpec, calibration: str) -> None:
     """ConfigError for a precision, calibration method or device the onnx backend does not have."""
     if spec.precision == "int8" and calibration not in CALIBRATION_METHODS:
-        raise ConfigError(f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration!r}.")
+        raise ConfigError(f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, got "
+                          f"{calibration!r}.")
     if spec.device != "cpu":
         raise ConfigError(f"--backend onnx runs on the CPU (onnxruntime's CPU provider), not --device "
                           f"{spec.device}: drop --device, or use --backend torch --device cuda.")
@@ -59,7 +60,8 @@ def _inputs_digest(inputs: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def model_settings(loaded, precision: str, calibration: str | None, inputs: list[np.ndarray]) -> dict[str, Any]:
+def model_settings(loaded, precision: str, calibration: str | None, inputs: list[np.ndarray]) -> dict[str,
+                                                                                                      Any]:
     """Everything the model bytes depend on (the cache key, also written next to the file)."""
     from pipeline.export.onnx import OPSET
     from pipeline.quantize import calibration as calib
@@ -73,7 +75,8 @@ def model_settings(loaded, precision: str, calibration: str | None, inputs: list
     if precision == "int8":
         settings["calibration"] = {
             "method": calibration, "images": len(inputs), "inputs_sha256": _inputs_digest(inputs),
-            "bins": calib.BINS, "percentile": thresholds.DEFAULT_PERCENTILE, "start_bin": thresholds.START_BIN,
+            "bins": calib.BINS, "percentile": thresholds.DEFAULT_PERCENTILE,
+            "start_bin": thresholds.START_BIN,
             "per_channel": int8.PER_CHANNEL, "reduce_range": int8.REDUCE_RANGE,
         }
     return settings
@@ -145,15 +148,17 @@ def prepare_onnx(spec: BackendSpec, context) -> BackendSpec:
     inputs: list[np.ndarray] = []
     if calibration is not None:
         if context.settings.calibration_images < 1:
-            raise ConfigError(f"--calibration-images must be at least 1 for int8, got {context.settings.calibration_images}.")
+            raise ConfigError("--calibration-images must be at least 1 for int8, got "
+                              f"{context.settings.calibration_images}.")
         images = context.sample_images(context.settings.calibration_images)
         if not images:
-            raise ConfigError("int8 calibration found no usable image in --input (every file failed to decode or "
-                              "preprocess): check the dataset, or use --precision fp32/fp16.")
+            raise ConfigError("int8 calibration found no usable image in --input (every file failed to "
+                              "decode or preprocess): check the dataset, or use --precision fp32/fp16.")
         inputs = [context.to_network_input(image[None]) for image in images]
     folder = Path(context.cache_dir) / CACHE_FOLDER
     threads = os.cpu_count() or 1
-    # The fp32 export is cached on its own, so fp16 and int8 (and later jobs) derive from it without re-exporting.
+    # The fp32 export is cached on its own, so fp16 and int8 (and later jobs) derive from it without
+    # re-exporting.
     fp32_settings = model_settings(loaded, "fp32", None, [])
 
     def exported() -> tuple[bytes, dict[str, Any]]:
@@ -164,7 +169,8 @@ def prepare_onnx(spec: BackendSpec, context) -> BackendSpec:
     else:
         path, data, hit = cached_model(
             folder, model_settings(loaded, spec.precision, calibration, inputs),
-            lambda: derive_model(cached_model(folder, fp32_settings, exported)[1], spec.precision, calibration,
+            lambda: derive_model(cached_model(folder, fp32_settings, exported)[1], spec.precision,
+                                 calibration,
                                  inputs, threads))
     options = {**spec.options, "onnx_path": str(path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
                "onnx_cache_hit": hit, "onnx_build_seconds": round(time.perf_counter() - started, 3)}

@@ -20,7 +20,8 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> None:
+    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput,
+                 s3: S3Options | None = None) -> None:
         import torch
 
         from pipeline.models import load_model
@@ -28,8 +29,9 @@ class TorchBackend:
         ENTRY.check_precision(spec.precision)
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(
-                f"--device {spec.device} was asked for but torch sees no CUDA device here: use --device cpu, or run "
-                "on a node with a GPU (Ray places the actors there when --device cuda requests num_gpus=1)."
+                f"--device {spec.device} was asked for but torch sees no CUDA device here: use --device cpu, "
+                "or run on a node with a GPU (Ray places the actors there when --device cuda requests "
+                "num_gpus=1)."
             )
         self._torch = torch
         self._to_network_input = to_network_input
@@ -43,9 +45,9 @@ class TorchBackend:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module: Any = module
         self._closed = False
-        # torch's intra-op pool is process-wide: set it last (once nothing can fail) for this backend's life, and
-        # put it back on close, so a backend built in the driver (bench's bare loop, tests) leaves the caller's
-        # thread count as it was.
+        # torch's intra-op pool is process-wide: set it last (once nothing can fail) for this backend's life,
+        # and put it back on close, so a backend built in the driver (bench's bare loop, tests) leaves the
+        # caller's thread count as it was.
         self._threads_before = torch.get_num_threads()
         if spec.threads:
             torch.set_num_threads(int(spec.threads))

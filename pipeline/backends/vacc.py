@@ -1,18 +1,18 @@
 """VACC inference (`--backend vacc`): a compiled UNet on one Vastai VACC die, through the `vaststreamx` runtime.
 
-Driver side, once per job (`prepare_vacc`): check that the SDK is installed, that the three compiled-model files
-exist (local or S3) and that the VDSP op normalises as the run's processing does; record the model prefix, the
-VDSP JSON and `--actors-per-die` in the spec's options.
+Driver side, once per job (`prepare_vacc`): check that the SDK is installed, that the three compiled-model
+files exist (local or S3) and that the VDSP op normalises as the run's processing does; record the model
+prefix, the VDSP JSON and `--actors-per-die` in the spec's options.
 
-Actor side (`VaccBackend`), the call order of Vastai's own code (VastModelZOO's UNet runners, VastStreamX-Samples'
-`common/model_base.py` and `samples/card_info/`):
+Actor side (`VaccBackend`), the call order of Vastai's own code (VastModelZOO's UNet runners,
+VastStreamX-Samples' `common/model_base.py` and `samples/card_info/`):
 
     [without VACC_DIE_IDS: set_device(0) ("init card") -> get_all_cards()] -> claim a die -> set_device(die)
     -> Model(prefix, batch) -> Operator.load_ops_from_json_file(vdsp.json) -> Graph() -> ModelOperator(model)
-    -> graph.add_operators(*ops, model_op) -> Stream(graph, RUN) -> register_operator_output(model_op) -> build()
-    run: set_device(die) in the calling thread (as the samples' profilers do in every thread that runs) ->
-    create_image(planes, RGB_PLANAR, w, h, die) per image -> run_sync per chunk of the model's batch size ->
-    as_numpy(out)[0] (fp16) -> float32
+    -> graph.add_operators(*ops, model_op) -> Stream(graph, RUN) -> register_operator_output(model_op) ->
+    build() run: set_device(die) in the calling thread (as the samples' profilers do in every thread that
+    runs) -> create_image(planes, RGB_PLANAR, w, h, die) per image -> run_sync per chunk of the model's batch
+    size -> as_numpy(out)[0] (fp16) -> float32
 
 The zoo's runner creates images and reads outputs from threads that never call set_device; what must hold is
 that an image is made for the die its model runs on (`create_image(..., device_id=die)`; a bug the zoo fixed
@@ -31,8 +31,9 @@ Which die an actor owns: `pipeline.backends.vacc_dies`.
 Backend options (`RunConfig.backend_options`), besides those `prepare_vacc` fills in:
     vacc_vdsp_params: the VDSP JSON the model was compiled with (local or s3://); default: the zoo's UNet JSON
         for the model's input size (see `pipeline.backends.vacc_files`).
-    vacc_lock_dir: node-local folder of the die claims (default: VACC_LOCK_DIR, else <tmp>/unet-pipeline-vacc-locks).
-    vacc_claim_timeout_s: how long a new actor waits for a die to come free (default 10).
+    vacc_lock_dir: node-local folder of the die claims (default: VACC_LOCK_DIR, else
+    <tmp>/unet-pipeline-vacc-locks). vacc_claim_timeout_s: how long a new actor waits for a die to come free
+    (default 10).
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ def sdk_missing_message(reason: str) -> str:
     python = f"cp{sys.version_info.major}{sys.version_info.minor}"
     return (
         f"--backend vacc needs Vastai's VastStreamX Python runtime (module `{SDK_MODULE}`), and this Python "
-        f"({sys.executable}) cannot import it: {reason}. Install it on the driver and on every VACC node from "
-        "Vastai's developer centre (developer.vastaitech.com; Vastai sales grant access): "
-        f"`pip install vaststreamx-<version>-{python}-{python}-linux_x86_64.whl`, with the VastStream SDK runtime "
-        "(`ai-<version>.bin`) and the card driver, and LD_LIBRARY_PATH including /opt/vastai/vaststreamx/"
-        "vaststreamx/lib. Or run on CPU instead with --backend torch or --backend onnx.")
+        f"({sys.executable}) cannot import it: {reason}. Install it on the driver and on every VACC node "
+        "from Vastai's developer centre (developer.vastaitech.com; Vastai sales grant access): `pip install "
+        f"vaststreamx-<version>-{python}-{python}-linux_x86_64.whl`, with the VastStream SDK runtime "
+        "(`ai-<version>.bin`) and the card driver, and LD_LIBRARY_PATH including "
+        "/opt/vastai/vaststreamx/vaststreamx/lib. Or run on CPU instead with --backend torch or --backend "
+        "onnx.")
 
 
 def require_sdk_installed() -> None:
@@ -103,12 +105,13 @@ def import_sdk() -> Any:
         raise BackendUnavailable(sdk_missing_message(f"{type(err).__name__}: {err}")) from err
 
 
-def prepare_vacc(spec: BackendSpec, to_network_input: ToNetworkInput, *, vacc_model: str | None, actors_per_die: int,
+def prepare_vacc(spec: BackendSpec, to_network_input: ToNetworkInput, *, vacc_model: str | None,
+                 actors_per_die: int,
                  s3: fs.S3Options | None = None) -> BackendSpec:
     """Driver side, once per job: fail now on what every actor would fail on, and fill in the options.
 
-    Options set: `vacc_model` (the resolved prefix), `vacc_vdsp_params` (None: the default JSON, written by each
-    actor for the model's input size), `vacc_actors_per_die`.
+    Options set: `vacc_model` (the resolved prefix), `vacc_vdsp_params` (None: the default JSON, written by
+    each actor for the model's input size), `vacc_actors_per_die`.
 
     Raises:
         BackendUnavailable: the SDK is not installed.
@@ -119,15 +122,17 @@ def prepare_vacc(spec: BackendSpec, to_network_input: ToNetworkInput, *, vacc_mo
     model_uri = vacc_model or spec.options.get("vacc_model")
     if not model_uri:
         raise ConfigError(
-            "--backend vacc needs --vacc-model PREFIX: the model compiled for VACC by Vastai's vamc, the files "
-            "<PREFIX>.so, <PREFIX>.json and <PREFIX>.params (e.g. deploy_weights/unet-fp16/mod), local or s3://.")
+            "--backend vacc needs --vacc-model PREFIX: the model compiled for VACC by Vastai's vamc, the "
+            "files <PREFIX>.so, <PREFIX>.json and <PREFIX>.params (e.g. deploy_weights/unet-fp16/mod), local "
+            "or s3://.")
     prefix = resolve_suite(model_uri, s3)
     vdsp = spec.options.get("vacc_vdsp_params")
     if vdsp:
         vdsp = fs.normalize(vdsp)
         if not fs.storage_for(vdsp, s3).exists(vdsp):
-            raise ConfigError(f"The VDSP JSON {vdsp} (backend option vacc_vdsp_params) does not exist: give the "
-                              "*-vdsp_params.json the model was compiled with, or leave the option unset.")
+            raise ConfigError(f"The VDSP JSON {vdsp} (backend option vacc_vdsp_params) does not exist: give "
+                              "the *-vdsp_params.json the model was compiled with, or leave the option "
+                              "unset.")
         check_same_normalisation(read_vdsp_config(vdsp, s3), to_network_input, vdsp)
     else:
         default = parse_vdsp(default_vdsp_json(3, 1, 1), "the default VDSP JSON")
@@ -141,8 +146,8 @@ class VaccBackend:
     """One compiled model on one claimed VACC die, for the life of its actor.
 
     Attributes (read-only after construction):
-        die_id: the die this backend owns.
-        batch_size: images per `run_sync` call: the model's batch size as the runtime reports it (a request above
+        die_id: the die this backend owns. batch_size: images per `run_sync` call: the model's batch size as
+        the runtime reports it (a request above
             the compiled maximum is clamped).
         input_size: (h, w) of the compiled model's input (and output).
         in_channels, num_classes: the compiled model's input and output channels.
@@ -196,32 +201,33 @@ class VaccBackend:
         except Exception as err:  # the runtime's exception types are not documented
             raise BackendUnavailable(
                 f"vaststreamx could not load the compiled model {prefix} on die {self.die_id} "
-                f"({type(err).__name__}: {err}): check that it was compiled (vamc) for this SDK version and card, "
-                "and that the die has free memory (`vasmi list`).") from err
+                f"({type(err).__name__}: {err}): check that it was compiled (vamc) for this SDK version and "
+                "card, and that the die has free memory (`vasmi list`).") from err
         model = self._model
         self.batch_size = max(1, min(int(model.batch_size), int(model.max_batch_size)))
         _, self.in_channels, height, width = (int(v) for v in model.input_shape[0])
         self.input_size = (height, width)
         self.num_classes = int(model.output_shape[0][1])
         if self.in_channels not in MODEL_CHANNELS:
-            raise ConfigError(f"The compiled model {prefix} takes {self.in_channels}-channel input; the VDSP op feeds "
-                              "RGB_PLANAR images to 3-channel models (and, replicated, to 1-channel ones): compile "
-                              "the model with 3 or 1 input channels.")
+            raise ConfigError(f"The compiled model {prefix} takes {self.in_channels}-channel input; the VDSP "
+                              "op feeds RGB_PLANAR images to 3-channel models (and, replicated, to "
+                              "1-channel ones): compile the model with 3 or 1 input channels.")
         vdsp = vdsp or write_default_vdsp(self.in_channels, height, width, cache)
         config = read_vdsp_config(vdsp)
         if config.output_size != self.input_size:
             raise ConfigError(
                 f"The VDSP JSON {vdsp} makes {config.output_size[0]}x{config.output_size[1]} inputs, but the "
-                f"compiled model {prefix} takes {height}x{width}: use the JSON the model was compiled with, or leave "
-                "vacc_vdsp_params unset.")
+                f"compiled model {prefix} takes {height}x{width}: use the JSON the model was compiled with, "
+                "or leave vacc_vdsp_params unset.")
         self._ops = vsx.Operator.load_ops_from_json_file(vdsp)
         if not self._ops:
-            raise ConfigError(f"vaststreamx could not build a pre-processing op from {vdsp}: check the file against "
-                              "the zoo's *-vdsp_params.json.")
+            raise ConfigError(f"vaststreamx could not build a pre-processing op from {vdsp}: check the file "
+                              "against the zoo's *-vdsp_params.json.")
         code = int(self._ops[0].cast_to_buildin_operator().get_attribute(vsx.AttrKey.IIMAGE_FORMAT))
         if IMAGE_FORMAT_CODES.get(code) != FED_FORMAT:
-            raise ConfigError(f"The VDSP op from {vdsp} takes image format {IMAGE_FORMAT_CODES.get(code, code)}; this "
-                              f"backend feeds {FED_FORMAT} images, as the zoo's runners do.")
+            raise ConfigError(f"The VDSP op from {vdsp} takes image format "
+                              f"{IMAGE_FORMAT_CODES.get(code, code)}; this backend feeds {FED_FORMAT} "
+                              "images, as the zoo's runners do.")
         self._image_format = getattr(vsx.ImageFormat, FED_FORMAT)
         self._graph = vsx.Graph()
         self._model_op = vsx.ModelOperator(model)
@@ -235,19 +241,20 @@ class VaccBackend:
         status = self._vsx.set_device(self.die_id)
         if status != 0:
             raise BackendUnavailable(
-                f"vaststreamx.set_device({self.die_id}) returned {status}: die {self.die_id} is not usable on this "
-                f"node. Check `vasmi list`, and set VACC_DIE_IDS on the node to the dies that exist.")
+                f"vaststreamx.set_device({self.die_id}) returned {status}: die {self.die_id} is not usable "
+                "on this node. Check `vasmi list`, and set VACC_DIE_IDS on the node to the dies that exist.")
 
     def _check_images(self, images: Any) -> None:
         height, width = self.input_size
         expected = (height, width, self.in_channels)
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
                 or images.shape[1:] != expected:
-            got = (f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__)
+            got = (f"{images.dtype} {images.shape}" if isinstance(images,
+                                                                  np.ndarray) else type(images).__name__)
             raise ConfigError(
-                f"The VACC model takes uint8 images of shape (N, {height}, {width}, {self.in_channels}), got {got}: "
-                f"score with --processing resize or model-res (zhixuhao for its model) and --input-size "
-                f"{height}x{width}, the size and channels the model was compiled for.")
+                f"The VACC model takes uint8 images of shape (N, {height}, {width}, {self.in_channels}), got "
+                f"{got}: score with --processing resize or model-res (zhixuhao for its model) and "
+                f"--input-size {height}x{width}, the size and channels the model was compiled for.")
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, h, w, c) uint8 -> (N, C, h, w) float32, in chunks of `batch_size`, on this backend's die.
@@ -283,8 +290,10 @@ class VaccBackend:
         """One (h, w, c) uint8 image as the RGB_PLANAR runtime image the VDSP op takes, made for this die (a grey
         image's plane replicated to the three planes)."""
         height, width = self.input_size
-        planes = np.repeat(image.transpose(2, 0, 1), 3, axis=0) if self.in_channels == 1 else image.transpose(2, 0, 1)
-        return self._vsx.create_image(np.ascontiguousarray(planes), self._image_format, width, height, self.die_id)
+        planes = np.repeat(image.transpose(2, 0, 1), 3,
+                           axis=0) if self.in_channels == 1 else image.transpose(2, 0, 1)
+        return self._vsx.create_image(np.ascontiguousarray(planes), self._image_format, width, height,
+                                      self.die_id)
 
     def close(self) -> None:
         """Drop the runtime objects (stream, graph, model op, pre-ops, model: the reverse of building) and release

@@ -1,20 +1,21 @@
 """Which VACC die an inference actor owns: a node-local claim that the kernel releases when the actor dies.
 
-Ray only counts the `VACC` custom resource (one unit per die; `--actors-per-die K` makes each actor ask for 1/K
-of a unit); it does not tell an actor *which* die it got. So every actor claims one itself, on its own node:
+Ray only counts the `VACC` custom resource (one unit per die; `--actors-per-die K` makes each actor ask for
+1/K of a unit); it does not tell an actor *which* die it got. So every actor claims one itself, on its own
+node:
 
 * The dies a node has are `VACC_DIE_IDS` (e.g. "0,1", set on the node by whoever starts it, to reserve dies or
   to work around an odd numbering) or else every die the SDK enumerates (`vsx.set_device(0)` to initialise the
-  card, as the vendor's card_info samples do, then `vsx.get_all_cards()`; die ids are numbered across all cards
-  of the node, card0 -> 0,1, card1 -> 2,3). The node's `VACC` resource count is not
-  used for ids: it need not match the hardware's numbering, and Ray exposes custom-resource instance ids only
-  through private APIs. It still bounds how many actors Ray places on the node.
+  card, as the vendor's card_info samples do, then `vsx.get_all_cards()`; die ids are numbered across all
+  cards of the node, card0 -> 0,1, card1 -> 2,3). The node's `VACC` resource count is not used for ids: it
+  need not match the hardware's numbering, and Ray exposes custom-resource instance ids only through private
+  APIs. It still bounds how many actors Ray places on the node.
 * A claim is an exclusive `fcntl.flock` on `<lock dir>/die-<id>-slot-<k>.lock`, k < actors_per_die, held on an
   open file for the actor's whole life. Slots are tried slot-major (slot 0 of every die, then slot 1, ...), so
   actors spread over the dies before any die gets a second holder.
 * The kernel drops a flock when its process ends, however it ends (`ray.kill`, OOM, a crash), so a restarted
-  actor can claim the die again; `release()` drops it early when the backend is closed. A new actor retries for
-  `vacc_claim_timeout_s` (default 10 s) before giving up, since Ray may schedule it while the process it
+  actor can claim the die again; `release()` drops it early when the backend is closed. A new actor retries
+  for `vacc_claim_timeout_s` (default 10 s) before giving up, since Ray may schedule it while the process it
   replaces is still exiting.
 
 The lock dir must be node-local (not NFS): `vacc_lock_dir` in the backend options, else `VACC_LOCK_DIR`, else
@@ -57,14 +58,15 @@ def check_cluster_offers_dies(actors_per_die: int) -> None:
 
     if float(ray.cluster_resources().get("VACC", 0.0)) < resource_share(actors_per_die):
         raise BackendUnavailable(
-            "The Ray cluster declares no VACC resource, so no VACC actor could ever be placed. Start every node "
-            "that has VACC cards with its number of dies as the VACC resource, e.g. `ray start --head "
-            "--resources='{\"VACC\": 2}'`, and run with --address auto (or RAY_ADDRESS); a Ray that unet-pipeline "
-            "starts by itself has CPUs only.")
+            "The Ray cluster declares no VACC resource, so no VACC actor could ever be placed. Start every "
+            "node that has VACC cards with its number of dies as the VACC resource, e.g. `ray start --head "
+            "--resources='{\"VACC\": 2}'`, and run with --address auto (or RAY_ADDRESS); a Ray that "
+            "unet-pipeline starts by itself has CPUs only.")
 
 
 def check_actors_per_die(actors_per_die: int) -> None:
-    if isinstance(actors_per_die, bool) or not isinstance(actors_per_die, int) or not 1 <= actors_per_die <= 10_000:
+    if isinstance(actors_per_die, bool) or not isinstance(actors_per_die,
+                                                          int) or not 1 <= actors_per_die <= 10_000:
         raise ConfigError(f"--actors-per-die must be a whole number from 1 to 10000, got {actors_per_die!r}.")
 
 
@@ -93,9 +95,9 @@ def init_runtime(vsx) -> None:
     status = vsx.set_device(INIT_DIE)
     if status != 0:
         raise BackendUnavailable(
-            f"vaststreamx.set_device({INIT_DIE}) returned {status} when initialising the VACC runtime: this node "
-            "has no usable VACC card. Check the driver with `vasmi list` / `lsmod | grep vastai_pci`, or run the "
-            "vacc actors only on nodes that declare the VACC resource.")
+            f"vaststreamx.set_device({INIT_DIE}) returned {status} when initialising the VACC runtime: this "
+            "node has no usable VACC card. Check the driver with `vasmi list` / `lsmod | grep vastai_pci`, "
+            "or run the vacc actors only on nodes that declare the VACC resource.")
 
 
 def node_die_ids(vsx) -> list[int]:
@@ -112,7 +114,8 @@ def node_die_ids(vsx) -> list[int]:
     if not ids:
         raise BackendUnavailable(
             "The VACC runtime lists no cards on this node (vaststreamx.get_all_cards() is empty): check the "
-            "driver with `vasmi list` / `lsmod | grep vastai_pci`, or set VACC_DIE_IDS to the die ids to use.")
+            "driver with `vasmi list` / `lsmod | grep vastai_pci`, or set VACC_DIE_IDS to the die ids to "
+            "use.")
     return ids
 
 
@@ -128,16 +131,17 @@ class DieClaim:
     @classmethod
     def acquire(cls, die_ids: Sequence[int], actors_per_die: int, lock_dir: str,
                 timeout_s: float = 0.0) -> DieClaim:
-        """Claim the first free (die, slot), slot-major, retrying for up to `timeout_s` (a restarted actor can be
-        scheduled while its predecessor's process is still exiting); BackendUnavailable if every one stays held.
+        """Claim the first free (die, slot), slot-major, retrying for up to `timeout_s` (a restarted actor can
+        be scheduled while its predecessor's process is still exiting); BackendUnavailable if every one stays
+        held.
         """
         check_actors_per_die(actors_per_die)
         try:
             os.makedirs(lock_dir, exist_ok=True)
         except OSError as err:
             raise BackendUnavailable(
-                f"Cannot create the VACC lock dir {lock_dir} ({err}): set the backend option vacc_lock_dir or "
-                f"{LOCK_DIR_ENV} to a writable node-local folder.") from err
+                f"Cannot create the VACC lock dir {lock_dir} ({err}): set the backend option vacc_lock_dir "
+                f"or {LOCK_DIR_ENV} to a writable node-local folder.") from err
         deadline = time.monotonic() + timeout_s
         while True:
             claim = cls._try_once(die_ids, actors_per_die, lock_dir)
@@ -147,10 +151,10 @@ class DieClaim:
                 break
             time.sleep(RETRY_INTERVAL_S)
         raise BackendUnavailable(
-            f"Every VACC die on this node is taken: dies {list(die_ids)} x {actors_per_die} actor(s) per die are "
-            f"all claimed by live processes (lock files in {lock_dir}, each holding its owner's pid). Start fewer "
-            f"actors (--concurrency), share dies on purpose (--actors-per-die), or list more dies in "
-            f"{DIE_IDS_ENV}.")
+            f"Every VACC die on this node is taken: dies {list(die_ids)} x {actors_per_die} actor(s) per die "
+            f"are all claimed by live processes (lock files in {lock_dir}, each holding its owner's pid). "
+            "Start fewer actors (--concurrency), share dies on purpose (--actors-per-die), or list more "
+            f"dies in {DIE_IDS_ENV}.")
 
     @classmethod
     def _try_once(cls, die_ids: Sequence[int], actors_per_die: int, lock_dir: str) -> DieClaim | None:

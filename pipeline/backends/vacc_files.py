@@ -1,13 +1,14 @@
 """The files a VACC run reads: the compiled-model suite and the VDSP pre-processing JSON.
 
 A model compiled by Vastai's vamc is three files with one prefix, `<prefix>.so`, `<prefix>.json` and
-`<prefix>.params` (the zoo's prefix is usually `.../mod`); `vaststreamx.Model` takes the prefix. `--vacc-model`
-may name the prefix or the folder that holds exactly one such suite, locally or on S3. S3 suites are copied to a
-node-local cache by each actor (the runtime only opens local files).
+`<prefix>.params` (the zoo's prefix is usually `.../mod`); `vaststreamx.Model` takes the prefix.
+`--vacc-model` may name the prefix or the folder that holds exactly one such suite, locally or on S3. S3
+suites are copied to a node-local cache by each actor (the runtime only opens local files).
 
 The VDSP JSON configures the on-device pre-processing op (resize + normalise + tensorize). The zoo's UNet
-JSONs use OpType `FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR` with `NormaType: DIV255` (Mean/Std are present but
-not applied). Without `vacc_vdsp_params`, the backend writes that JSON for the compiled model's input size.
+JSONs use OpType `FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR` with `NormaType: DIV255` (Mean/Std are present
+but not applied). Without `vacc_vdsp_params`, the backend writes that JSON for the compiled model's input
+size.
 
 The op's input is always `IimageFormat: RGB_PLANAR`, (3, h, w) uint8 planes, whatever the model's channels:
 of the zoo's 758 VDSP JSONs that name an IimageFormat, 754 say RGB_PLANAR, 4 BGR888 and none GRAY, including
@@ -66,18 +67,19 @@ def resolve_suite(uri: str, s3: fs.S3Options | None = None) -> str:
     missing = [f for f in suite_files(uri) if not storage.exists(f)]
     if missing:
         raise ConfigError(
-            f"The compiled VACC model {uri} is incomplete: {', '.join(missing)} does not exist. --vacc-model takes "
-            "the prefix of the three files vamc writes (<prefix>.so, <prefix>.json, <prefix>.params), e.g. "
-            "deploy_weights/unet-fp16/mod; compile the model with `vamc compile` (see `unet-pipeline export`).")
+            f"The compiled VACC model {uri} is incomplete: {', '.join(missing)} does not exist. --vacc-model "
+            "takes the prefix of the three files vamc writes (<prefix>.so, <prefix>.json, <prefix>.params), "
+            "e.g. deploy_weights/unet-fp16/mod; compile the model with `vamc compile` (see `unet-pipeline "
+            "export`).")
     return uri
 
 
 def local_copy(uris: list[str], cache_root: str, s3: fs.S3Options | None = None) -> list[str]:
     """Local paths for `uris`: local ones as they are; S3 ones downloaded into `cache_root` on this node.
 
-    Every call downloads (once per actor start, so a recompiled model under the same URI is never served stale)
-    and rewrites the cached file only when its bytes changed; writes are atomic, so actors that start at the
-    same time never see half a file.
+    Every call downloads (once per actor start, so a recompiled model under the same URI is never served
+    stale) and rewrites the cached file only when its bytes changed; writes are atomic, so actors that start
+    at the same time never see half a file.
     """
     out = []
     for uri in uris:
@@ -126,8 +128,8 @@ def read_vdsp_config(uri: str, s3: fs.S3Options | None = None) -> VdspConfig:
     try:
         data = json.loads(fs.read_bytes(uri, s3))
     except ValueError as err:
-        raise ConfigError(f"{uri} is not valid JSON ({err}): expected a VDSP pre-processing JSON as in Vastai's "
-                          "model zoo (cv/segmentation/unet/build_in/vdsp_params/).") from err
+        raise ConfigError(f"{uri} is not valid JSON ({err}): expected a VDSP pre-processing JSON as in "
+                          "Vastai's model zoo (cv/segmentation/unet/build_in/vdsp_params/).") from err
     return parse_vdsp(data, uri)
 
 
@@ -147,18 +149,20 @@ def parse_vdsp(data: Any, where: str) -> VdspConfig:
         ) from err
     if parsed.image_format == "GRAY":
         raise ConfigError(
-            f"{where} has IimageFormat GRAY, which none of Vastai's zoo VDSP JSONs uses (its one-channel models take "
-            "RGB_PLANAR images with the one channel replicated to the three planes). Use IimageFormat RGB_PLANAR, "
-            "as `unet-pipeline export` now writes (re-export, or edit the JSON), or leave vacc_vdsp_params unset; "
-            "the vacc backend replicates a one-channel model's grey plane itself.")
+            f"{where} has IimageFormat GRAY, which none of Vastai's zoo VDSP JSONs uses (its one-channel "
+            "models take RGB_PLANAR images with the one channel replicated to the three planes). Use "
+            "IimageFormat RGB_PLANAR, as `unet-pipeline export` now writes (re-export, or edit the JSON), "
+            "or leave vacc_vdsp_params unset; the vacc backend replicates a one-channel model's grey plane "
+            "itself.")
     if op_type != FUSION_OP or parsed.image_format not in IMAGE_FORMAT_CHANNELS or parsed.norm_type not in NORM_TYPES:
         raise ConfigError(
             f"{where} has OpType {op_type!r}, IimageFormat {parsed.image_format!r}, NormaType "
             f"{parsed.norm_type!r}; this backend feeds OpType {FUSION_OP} with IimageFormat one of "
             f"{sorted(IMAGE_FORMAT_CHANNELS)} and NormaType one of {list(NORM_TYPES)}.")
-    if parsed.norm_type == "DIV255_MINUSMEAN_DIVSTD" and min(len(parsed.mean), len(parsed.std)) < parsed.channels:
-        raise ConfigError(f"{where} normalises with DIV255_MINUSMEAN_DIVSTD but does not give Mean and Std for "
-                          f"{parsed.channels} channel(s).")
+    if parsed.norm_type == "DIV255_MINUSMEAN_DIVSTD" and min(len(parsed.mean),
+                                                             len(parsed.std)) < parsed.channels:
+        raise ConfigError(f"{where} normalises with DIV255_MINUSMEAN_DIVSTD but does not give Mean and Std "
+                          f"for {parsed.channels} channel(s).")
     return parsed
 
 
@@ -172,9 +176,9 @@ def default_vdsp_json(channels: int, height: int, width: int) -> dict[str, Any]:
     """
     if channels not in MODEL_CHANNELS:
         raise ConfigError(
-            f"The compiled VACC model takes {channels}-channel input; the VDSP op takes RGB_PLANAR images, which "
-            "feed 3-channel models (and 1-channel ones, the grey plane replicated). Compile the model with 3 or 1 "
-            "input channels.")
+            f"The compiled VACC model takes {channels}-channel input; the VDSP op takes RGB_PLANAR images, "
+            "which feed 3-channel models (and 1-channel ones, the grey plane replicated). Compile the model "
+            "with 3 or 1 input channels.")
     return {"OpType": FUSION_OP, "OpConfig": {
         "IimageFormat": "RGB_PLANAR", "IimageWidth": width, "IimageHeight": height,
         "OimageWidth": width, "OimageHeight": height, "IimageWidthPitch": width, "IimageHeightPitch": height,
@@ -212,7 +216,7 @@ def check_same_normalisation(config: VdspConfig, to_network_input: ToNetworkInpu
     device = device_normalisation(config, probe)[:, :model_channels]
     if host.shape != device.shape or not np.allclose(host, device, rtol=1e-3, atol=1e-3):
         raise ConfigError(
-            f"The VDSP op in {where} normalises with NormaType {config.norm_type}, which differs from what this "
-            "run's processing feeds the network (its to_network_input). Use a VDSP JSON whose NormaType matches "
-            "(the UNet processings divide by 255: NormaType DIV255, as in the zoo's UNet JSONs), or leave the "
-            "backend option vacc_vdsp_params unset to use that default.")
+            f"The VDSP op in {where} normalises with NormaType {config.norm_type}, which differs from what "
+            "this run's processing feeds the network (its to_network_input). Use a VDSP JSON whose "
+            "NormaType matches (the UNet processings divide by 255: NormaType DIV255, as in the zoo's UNet "
+            "JSONs), or leave the backend option vacc_vdsp_params unset to use that default.")

@@ -29,8 +29,8 @@ class BackendVariant:
 
         parts = [p.strip() for p in text.strip().split(":")]
         if not parts or not parts[0]:
-            raise ConfigError(f"Expected a variant backend:precision[:key=value] (e.g. torch:fp32, onnx:int8, "
-                              f"torch:fp32:channels_last=0), got {text!r}.")
+            raise ConfigError("Expected a variant backend:precision[:key=value] (e.g. torch:fp32, "
+                              f"onnx:int8, torch:fp32:channels_last=0), got {text!r}.")
         entry = BACKENDS.get(parts[0])
         precision = parts[1] if len(parts) > 1 and parts[1] else entry.precisions[0]
         entry.check_precision(precision)
@@ -38,7 +38,8 @@ class BackendVariant:
         for part in parts[2:]:
             key, sep, value = part.partition("=")
             if not sep or not key:
-                raise ConfigError(f"Variant option {part!r} in {text!r} must be key=value (e.g. channels_last=0).")
+                raise ConfigError(f"Variant option {part!r} in {text!r} must be key=value (e.g. "
+                                  "channels_last=0).")
             options[key] = int(value) if value.lstrip("-").isdigit() else value
         return cls(entry.name, precision, options)
 

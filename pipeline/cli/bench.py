@@ -29,7 +29,8 @@ def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bo
           **params: Any) -> None:
     """Measure the pipeline against a bare in-process loop (decode, preprocess, forward, arg-max).
 
-    With no --input: the built-in synthetic dataset (4x --images are generated once and cached) and checkpoint.
+    With no --input: the built-in synthetic dataset (4x --images are generated once and cached) and
+    checkpoint.
 
     \b
     Examples:
@@ -47,7 +48,8 @@ def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bo
         defaults = {**DEFAULT_RUN, "input": default_dataset(4 * images if memory_check else images),
                     "checkpoint": params.get("checkpoint") or default_checkpoint()}
     defaults["output"] = "unused-by-bench"  # each pass writes into its own temporary folder
-    config = build_config("score" if params.get("layout") != "folder" else "predict", params, explicit, defaults)
+    config = build_config("score" if params.get("layout") != "folder" else "predict", params, explicit,
+                          defaults)
     variants = list(parse_variants(compare)) if compare else []
     report = run_bench(config, images=images, compare=variants, memory_check=memory_check)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -18,7 +18,8 @@ from pipeline.quantize.methods import DEFAULT as DEFAULT_CALIBRATION
 if TYPE_CHECKING:
     from pipeline.export.vamc import CalibrationData
 
-IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS if e not in (".gif", ".webp"))  # vamc reads with OpenCV
+IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS if e not in (".gif",
+                                                                            ".webp"))  # vamc reads with OpenCV
 
 
 def calibration_data_of(folder: str, requested: int) -> CalibrationData:
@@ -28,8 +29,8 @@ def calibration_data_of(folder: str, requested: int) -> CalibrationData:
 
     path = Path(folder)
     if not path.is_dir():
-        raise ConfigError(f"--calibration-data {folder} is not a folder: pass the folder of calibration images "
-                          "that vamc will read (e.g. a few dozen images of the target dataset).")
+        raise ConfigError(f"--calibration-data {folder} is not a folder: pass the folder of calibration "
+                          "images that vamc will read (e.g. a few dozen images of the target dataset).")
     if requested < 1:
         raise ConfigError(f"--calibration-images must be at least 1, got {requested}.")
     counts: dict[str, int] = {}
@@ -54,20 +55,25 @@ def _default_calibration_data(checkpoint_given: bool) -> str | None:
 @click.command()
 @model_options
 @click.option("--input-size", "--shape", "input_size",
-              help="Network input: N, HxW or CxHxW (default: the model's default size). vamc compiles one shape.")
+              help="Network input: N, HxW or CxHxW (default: the model's default size). vamc compiles one "
+                   "shape.")
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), default="int8", show_default=True,
               help="What vamc compiles to (backend.dtype).")
 @click.option("--calibration", type=click.Choice(CALIBRATION_METHODS), default=DEFAULT_CALIBRATION,
-              show_default=True, help="int8: vamc calibrate_mode (kl_* and entropy = kl_divergence, percentile, "
+              show_default=True,
+              help="int8: vamc calibrate_mode (kl_* and entropy = kl_divergence, percentile, "
                                       "minmax = max).")
 @click.option("--calibration-data", help="Folder of calibration images for vamc (int8; fp16 builds keep the "
-                                         "dataset section too, with a placeholder path if none is given). Default "
-                                         "with the built-in checkpoint: the built-in dataset's images.")
+                                         "dataset section too, with a placeholder path if none is given). "
+                                         "Default with the built-in checkpoint: the built-in dataset's "
+                                         "images.")
 @click.option("--calibration-images", type=int, default=50, show_default=True,
-              help="int8: how many images vamc calibrates on (the zoo uses 50; fewer if the folder has fewer).")
+              help="int8: how many images vamc calibrates on (the zoo uses 50; fewer if the folder has "
+                   "fewer).")
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the .onnx, .yaml and -vdsp_params.json files.")
-def export(out_dir: str, precision: str, calibration: str, calibration_data: str | None, calibration_images: int,
+def export(out_dir: str, precision: str, calibration: str, calibration_data: str | None,
+           calibration_images: int,
            input_size: str | None, **params: Any) -> None:
     """Write a model's ONNX file and the build configuration of Vastai's compiler (vamc) for it.
 
@@ -95,17 +101,19 @@ def export(out_dir: str, precision: str, calibration: str, calibration_data: str
                                                  "conv_bias")}
     loaded = load_model(params.get("model"), checkpoint, **overrides)
     channels = loaded.in_channels
-    shape = parse_shape(input_size, channels, option="--input-size") or (channels, *loaded.family.default_input_size)
+    shape = parse_shape(input_size, channels, option="--input-size") or (channels,
+                                                                         *loaded.family.default_input_size)
     folder = calibration_data or _default_calibration_data(bool(params.get("checkpoint")))
     if precision == "int8" and folder is None:
-        raise click.UsageError("--precision int8 needs --calibration-data FOLDER: the images vamc calibrates on.")
+        raise click.UsageError("--precision int8 needs --calibration-data FOLDER: the images vamc calibrates "
+                               "on.")
     data = calibration_data_of(folder, calibration_images) if folder else None
     name = build_name(loaded.family.name, precision, calibration, shape)
     model = export_static_onnx(loaded, (shape[1], shape[2]))
     difference = difference_from_torch(loaded, model)
     if not difference <= 1e-3:
-        raise ConfigError(f"The static ONNX export of {loaded.family.name} differs from torch by {difference:.3g} "
-                          "on a random input: report it with the model and --input-size.")
+        raise ConfigError(f"The static ONNX export of {loaded.family.name} differs from torch by "
+                          f"{difference:.3g} on a random input: report it with the model and --input-size.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.onnx").write_bytes(model.SerializeToString())
@@ -118,11 +126,12 @@ def export(out_dir: str, precision: str, calibration: str, calibration_data: str
         raise ConfigError("Writing the vamc yaml needs PyYAML: pip install pyyaml.") from err
     (out / f"{name}.yaml").write_text(text)
     (out / f"{name}-vdsp_params.json").write_text(json.dumps(default_vdsp_json(*shape), indent=4) + "\n")
-    click.echo(f"wrote {out / name}.onnx ({len(model.graph.node)} nodes, opset {model.opset_import[0].version}, "
-               f"equal to torch within {difference:.1e}), .yaml and -vdsp_params.json")
+    click.echo(f"wrote {out / name}.onnx ({len(model.graph.node)} nodes, opset "
+               f"{model.opset_import[0].version}, equal to torch within {difference:.1e}), .yaml and "
+               "-vdsp_params.json")
     if data is not None and data.count < calibration_images:
-        click.echo(f"note: {data.path} has {data.count} .{data.suffix} images, fewer than --calibration-images "
-                   f"{calibration_images}: get_data_num is {data.count}")
+        click.echo(f"note: {data.path} has {data.count} .{data.suffix} images, fewer than "
+                   f"--calibration-images {calibration_images}: get_data_num is {data.count}")
     click.echo(f"compile:  cd {out} && vamc compile {name}.yaml")
-    click.echo(f"then run: unet-pipeline score --backend vacc --vacc-model <the compiled model's prefix under "
-               f"{out / 'deploy_weights'}> ...")
+    click.echo("then run: unet-pipeline score --backend vacc --vacc-model <the compiled model's prefix "
+               f"under {out / 'deploy_weights'}> ...")

@@ -37,7 +37,8 @@ def models(shape: str | None, convention: str, as_json: bool) -> None:
             "name": name, "source": family.source, "backbone": family.backbone,
             "parameters": figures["parameters"], "parameters_m": round(figures["parameters"] / 1e6, 3),
             "gflops": round(figures["gflops"], 3), "flops_convention": figures["convention"],
-            "input_shape": list(figures["input_shape"]), "default_input_size": list(family.default_input_size),
+            "input_shape": list(figures["input_shape"]),
+            "default_input_size": list(family.default_input_size),
             "classes": family.default_config.get("num_classes"), "processing": family.default_processing,
         })
     if as_json:

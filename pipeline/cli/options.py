@@ -36,7 +36,8 @@ def compose(*decorators: Decorator) -> Decorator:
 def config_option(key: str, *flags: str, **kwargs: Any) -> Decorator:
     """A click option for the flat configuration key `key`: help and default from its field.
 
-    `flags` default to `--<key with dashes>`; other keyword arguments go to `click.option` (type, is_flag, ...).
+    `flags` default to `--<key with dashes>`; other keyword arguments go to `click.option` (type, is_flag,
+    ...).
     """
     where = RunConfig.keys()[key]
     f = where.field
@@ -62,16 +63,20 @@ def _precisions() -> list[str]:
 
 
 def _model_options() -> Decorator:
-    # Model and processing names are listed by `unet-pipeline models|processings`: their registries import torch,
-    # which the CLI does not load before a command needs it.
+    # Model and processing names are listed by `unet-pipeline models|processings`: their registries import
+    # torch, which the CLI does not load before a command needs it.
     return compose(
         config_option("model", "--model", "-m"),
         config_option("checkpoint", "--checkpoint", "-c"),
-        click.option("--num-classes", type=int, help="Override the number of classes (normally read off the weights)."),
-        click.option("--in-channels", type=int, help="Override the input channels (normally read off the weights)."),
-        click.option("--bilinear/--no-bilinear", default=None, help="milesial: bilinear up-sampling variant."),
+        click.option("--num-classes", type=int,
+                     help="Override the number of classes (normally read off the weights)."),
+        click.option("--in-channels", type=int,
+                     help="Override the input channels (normally read off the weights)."),
+        click.option("--bilinear/--no-bilinear", default=None,
+                     help="milesial: bilinear up-sampling variant."),
         click.option("--base-channels", type=int, help="milesial: width of the first block (upstream 64)."),
-        click.option("--conv-bias/--no-conv-bias", default=None, help="milesial: convolutions with bias terms."),
+        click.option("--conv-bias/--no-conv-bias", default=None,
+                     help="milesial: convolutions with bias terms."),
     )
 
 
@@ -89,7 +94,8 @@ def _data_options() -> Decorator:
 
     return compose(
         config_option("input", "--input", "-i"),
-        config_option("layout", "--layout", "-l", help=f"Dataset layout: {_names(LAYOUTS)} (`unet-pipeline layouts`)."),
+        config_option("layout", "--layout", "-l",
+                      help=f"Dataset layout: {_names(LAYOUTS)} (`unet-pipeline layouts`)."),
         config_option("split"),
         config_option("image_dir"),
         config_option("mask_dir"),
@@ -118,7 +124,8 @@ def _execution_options() -> Decorator:
 
     return compose(
         config_option("backend", type=click.Choice(BACKENDS.names()),
-                      help="Inference backend: " + "; ".join(f"{n}: {e.description}" for n, e in BACKENDS.items())),
+                      help="Inference backend: " + "; ".join(f"{n}: {e.description}" for n,
+                                                             e in BACKENDS.items())),
         config_option("device"),
         config_option("precision", type=click.Choice(_precisions())),
         config_option("batch_size", type=int),
@@ -176,12 +183,14 @@ def load_config_file(path: str | None) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as err:
-            raise ConfigError(f"{path} is YAML but PyYAML is not installed: pip install pyyaml, or use JSON.") from err
+            raise ConfigError(f"{path} is YAML but PyYAML is not installed: pip install pyyaml, or use "
+                              "JSON.") from err
         data = yaml.safe_load(text)
     else:
         data = json.loads(text)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of run settings (e.g. {{\"input\": ..., \"output\": ...}}).")
+        raise ConfigError(f"{path} must hold a mapping of run settings (e.g. {{\"input\": ..., \"output\": "
+                          "...}).")
     return data
 
 
@@ -189,7 +198,8 @@ def explicit_params(ctx: click.Context) -> set[str]:
     """Names of the parameters the user gave (not click defaults)."""
     from click.core import ParameterSource
 
-    return {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+    return {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT,
+                                                                                  None)}
 
 
 def build_config(command: str, params: dict[str, Any], explicit: set[str],
@@ -204,5 +214,6 @@ def build_config(command: str, params: dict[str, Any], explicit: set[str],
     if overrides:
         merged["model_config"] = {**merged.get("model_config", {}), **overrides}
     if any(params.get(k) for k in ("s3_endpoint", "s3_region", "s3_anonymous")) or "s3" not in merged:
-        merged["s3"] = S3Options(params.get("s3_endpoint"), params.get("s3_region"), bool(params.get("s3_anonymous")))
+        merged["s3"] = S3Options(params.get("s3_endpoint"), params.get("s3_region"),
+                                 bool(params.get("s3_anonymous")))
     return RunConfig.from_dict(merged)

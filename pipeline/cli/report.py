@@ -12,7 +12,8 @@ from pipeline.report.settings import CONFUSION_SCALES, DEFAULT_CLASSES, DEFAULT_
 @click.argument("run_uri", required=False)
 @click.option("--history", "history_uri",
               help="A run history (JSON Lines, one run per line, local or s3://): report trends across runs.")
-@click.option("--out", help="Folder for the report (default: the run's folder, or the history file's folder).")
+@click.option("--out",
+              help="Folder for the report (default: the run's folder, or the history file's folder).")
 @click.option("--worst", type=click.IntRange(min=0), default=DEFAULT_WORST, show_default=True,
               help="How many of the worst images (lowest per-image IoU) to show.")
 @click.option("--confusion-scale", type=click.Choice(CONFUSION_SCALES), default="auto", show_default=True,
@@ -26,9 +27,10 @@ def report(run_uri: str | None, history_uri: str | None, out: str | None, worst:
            classes: int, s3_endpoint: str | None, s3_region: str | None, s3_anonymous: bool) -> None:
     """Write report.html (self-contained, opens offline) and report.md for a finished `score` run.
 
-    RUN_URI is the run's output folder (or its metrics.json), local or s3://. `score` writes this report itself
-    unless --no-report; use this command to remake it (other --worst, another --out). With --history, write
-    history.html/history.md instead: mIoU and the weakest classes over runs, baseline and failed runs marked.
+    RUN_URI is the run's output folder (or its metrics.json), local or s3://. `score` writes this report
+    itself unless --no-report; use this command to remake it (other --worst, another --out). With --history,
+    write history.html/history.md instead: mIoU and the weakest classes over runs, baseline and failed runs
+    marked.
 
     \b
     Examples:
@@ -40,12 +42,14 @@ def report(run_uri: str | None, history_uri: str | None, out: str | None, worst:
     from pipeline.report.run_report import write_report
 
     if (run_uri is None) == (history_uri is None):
-        raise click.UsageError("Give either RUN_URI (a score run's output folder) or --history URI, not both/neither.")
+        raise click.UsageError("Give either RUN_URI (a score run's output folder) or --history URI, not "
+                               "both/neither.")
     s3 = S3Options(s3_endpoint, s3_region, s3_anonymous)
     if history_uri is not None:
         written = write_history_report(history_uri, s3, out=out, classes=classes)
     else:
         assert run_uri is not None  # one of the two, checked above
-        written = write_report(run_uri, s3, worst=worst, confusion_scale=confusion_scale,  # type: ignore[arg-type]
+        written = write_report(run_uri, s3, worst=worst,
+                               confusion_scale=confusion_scale,  # type: ignore[arg-type]
                                out=out)
     click.echo(f"report: {written}")

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline.cli.options import (
-    build_config, data_options, execution_options, explicit_params, gate_options, history_options, model_options,
+    build_config, data_options, execution_options, explicit_params, gate_options, history_options,
+    model_options,
     output_options, processing_options,
 )
 from pipeline.config import RunConfig
@@ -43,7 +44,8 @@ def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str
         return {}
     if "checkpoint" in explicit or "layout" in explicit:
         raise click.UsageError("--checkpoint/--layout were given without --input: pass --input DATASET too.")
-    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet).", err=True)
+    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet).",
+               err=True)
     return {**DEFAULT_RUN, "input": default_dataset(), "checkpoint": default_checkpoint(),
             "output": params.get("output") or DEFAULT_OUTPUT}
 
@@ -52,22 +54,24 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
     if metrics["command"] == "score":
         click.echo(f"mIoU {metrics['miou']:.4f}   (mean over classes present; all-classes "
                    f"{metrics['miou_all_classes']:.4f})   pixel accuracy {metrics['pixel_accuracy']:.4f}   "
-                   f"mPA {metrics['mean_pixel_accuracy']:.4f}   Dice {metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}")
+                   f"mPA {metrics['mean_pixel_accuracy']:.4f}   Dice "
+                   f"{metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}")
         width = max(len(name) for name in metrics["class_names"])
         click.echo(f"  {'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'pixels':>10}")
         for name in metrics["class_names"]:
             iou, acc = metrics["per_class_iou"][name], metrics["per_class_accuracy"][name]
             fmt = (lambda v: "    n/a" if v is None else f"{v:7.4f}")
-            click.echo(f"  {name.ljust(width)}  {fmt(iou)}  {fmt(acc)}  {metrics['per_class_support'][name]:>10}")
+            click.echo(f"  {name.ljust(width)}  {fmt(iou)}  {fmt(acc)}  "
+                       f"{metrics['per_class_support'][name]:>10}")
     timings = metrics["timings"]
-    click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, {timings['wall_seconds']:.1f} s "
-               f"({timings['images_per_second']} images/s in the pipeline)")
+    click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, "
+               f"{timings['wall_seconds']:.1f} s ({timings['images_per_second']} images/s in the pipeline)")
     click.echo(f"outputs: {output}")
     gate = metrics.get("gate")
     if gate:
         verdict = "passed" if gate["passed"] else "FAILED"
-        click.echo(f"regression gate {verdict}: baseline {gate['baseline_run_id']} mIoU {gate['baseline_miou']:.4f}, "
-                   f"max drop {gate['max_drop']}")
+        click.echo(f"regression gate {verdict}: baseline {gate['baseline_run_id']} mIoU "
+                   f"{gate['baseline_miou']:.4f}, max drop {gate['max_drop']}")
     if metrics["command"] == "score" and metrics.get("config", {}).get("report", True):
         click.echo(f"report: {output.rstrip('/')}/report.html")
 

@@ -1,9 +1,9 @@
 """What a dataset layout is: a streaming list of inputs, and the rule that turns its label files into classes.
 
-Two kinds of layout exist. File layouts (voc, carvana, isbi, pairs, folder) list one `Item` per image, with the
-URI of its label; container layouts (parquet, webdataset) list container files, each holding many samples. Either
-way the listing is a generator over pages of a directory listing, so a bucket of millions of objects is never held
-in memory.
+Two kinds of layout exist. File layouts (voc, carvana, isbi, pairs, folder) list one `Item` per image, with
+the URI of its label; container layouts (parquet, webdataset) list container files, each holding many samples.
+Either way the listing is a generator over pages of a directory listing, so a bucket of millions of objects is
+never held in memory.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def existing_stems(directory: str, stems: Sequence[str], s3: fs.S3Options | None
                    extensions: Sequence[str] = IMAGE_EXTENSIONS) -> set[str]:
     """Which of `stems` have a file `<directory>/<stem><ext>`, in a few requests per page of stems.
 
-    Local: a stat per candidate. S3: one listing of the key range [min stem, max stem] instead of a HEAD per key.
+    Local: a stat per candidate. S3: one listing of the key range [min stem, max stem] instead of a HEAD per
+    key.
     """
     if not stems:
         return set()

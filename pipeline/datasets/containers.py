@@ -38,7 +38,8 @@ class ContainerLayout(Layout):
             if storage.exists(root) and root.endswith(self.suffix):
                 yield root
                 return
-            raise ConfigError(f"{self.name} layout: {root} is neither a folder of *{self.suffix} files nor one.")
+            raise ConfigError(f"{self.name} layout: {root} is neither a folder of *{self.suffix} files nor "
+                              "one.")
         for page in storage.iter_files(root):
             for uri in page:
                 if uri.endswith(self.suffix):
@@ -137,7 +138,8 @@ class WebDatasetLayout(ContainerLayout):
             if image is None:
                 return Sample(key, None, label, f"sample {key!r} of {uri} has a mask but no image member")
             if expect_labels and label is None:
-                return Sample(key, image, None, f"sample {key!r} of {uri} has no {key}.mask.png: a label is missing")
+                return Sample(key, image, None,
+                              f"sample {key!r} of {uri} has no {key}.mask.png: a label is missing")
             return Sample(key, image, label)
 
         with fs.storage_for(uri, s3).open(uri) as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:

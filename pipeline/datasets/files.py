@@ -12,7 +12,8 @@ from pipeline.io import fs
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
 )
 _PAGE = 1000
 
@@ -41,8 +42,9 @@ class PairedLayout(Layout):
         storage = fs.storage_for(image_dir, s3)
         if not storage.is_dir(image_dir):
             raise ConfigError(
-                f"{self.name} layout: no image folder {image_dir}. Expected {root}/{options.image_dir or self.image_dir}"
-                f"/ and {root}/{options.mask_dir or self.mask_dir}/ (or pass --image-dir / --mask-dir)."
+                f"{self.name} layout: no image folder {image_dir}. Expected "
+                f"{root}/{options.image_dir or self.image_dir}/ and "
+                f"{root}/{options.mask_dir or self.mask_dir}/ (or pass --image-dir / --mask-dir)."
             )
         for uri in iter_files(image_dir, s3):
             stem = fs.stem(uri)
@@ -61,7 +63,8 @@ class PairedLayout(Layout):
         yield from self._missing_images(image_dir, page, s3)
 
     @staticmethod
-    def _missing_images(image_dir: str, page: list[tuple[str, str]], s3: fs.S3Options | None) -> Iterator[Item]:
+    def _missing_images(image_dir: str, page: list[tuple[str, str]],
+                        s3: fs.S3Options | None) -> Iterator[Item]:
         present = existing_stems(image_dir, [stem for stem, _ in page], s3)
         for stem, uri in page:
             if stem not in present:
@@ -94,7 +97,8 @@ class FolderLayout(Layout):
 
     def items(self, root: str, options: DataConfig, s3: fs.S3Options | None = None) -> Iterator[Item]:
         if not fs.storage_for(root, s3).is_dir(root):
-            raise ConfigError(f"folder layout: {root} is not a folder of images. Pass the folder that holds them.")
+            raise ConfigError(f"folder layout: {root} is not a folder of images. Pass the folder that holds "
+                              "them.")
         for uri in iter_files(root, s3):
             yield Item(fs.stem(uri), uri, None)
 
@@ -103,7 +107,8 @@ class FolderLayout(Layout):
 class VocLayout(Layout):
     """PASCAL VOC: ids from ImageSets/Segmentation/<split>.txt, JPEGImages/<id>.jpg, SegmentationClass/<id>.png.
 
-    The root may be the VOC2012 folder itself or a folder holding VOCdevkit/VOC2012 (or bubbliiiing's VOC2007).
+    The root may be the VOC2012 folder itself or a folder holding VOCdevkit/VOC2012 (or bubbliiiing's
+    VOC2007).
     """
 
     def _voc_root(self, root: str, s3: fs.S3Options | None) -> str:
@@ -113,8 +118,8 @@ class VocLayout(Layout):
             if storage.is_dir(fs.join(base, "ImageSets/Segmentation")):
                 return base
         raise ConfigError(
-            f"voc layout: no ImageSets/Segmentation under {root} (also looked in VOC2012/ and VOCdevkit/VOC20xx/). "
-            "Pass the folder that holds JPEGImages/, SegmentationClass/ and ImageSets/."
+            f"voc layout: no ImageSets/Segmentation under {root} (also looked in VOC2012/ and "
+            "VOCdevkit/VOC20xx/). Pass the folder that holds JPEGImages/, SegmentationClass/ and ImageSets/."
         )
 
     def items(self, root: str, options: DataConfig, s3: fs.S3Options | None = None) -> Iterator[Item]:
@@ -123,7 +128,8 @@ class VocLayout(Layout):
         try:
             text = fs.read_bytes(split_file, s3).decode("utf-8")
         except InputError as err:
-            raise ConfigError(f"voc layout: split file {split_file} is missing: pass --split train|val|trainval.") from err
+            raise ConfigError(f"voc layout: split file {split_file} is missing: pass --split "
+                              "train|val|trainval.") from err
         for line in text.splitlines():
             image_id = line.strip()
             if image_id:
@@ -132,10 +138,12 @@ class VocLayout(Layout):
 
 
 FILE_LAYOUTS = (
-    VocLayout("voc", "VOC2012: JPEGImages/, SegmentationClass/ (palette PNG, 255 = ignore), ImageSets/Segmentation/"
+    VocLayout("voc",
+              "VOC2012: JPEGImages/, SegmentationClass/ (palette PNG, 255 = ignore), ImageSets/Segmentation/"
               "<split>.txt", class_names=VOC_CLASSES),
     CarvanaLayout("carvana", "imgs/<id>.jpg with masks/<id>_mask.gif (0/1 or 0/255 -> classes 0/1)",
-                  class_names=("background", "car"), image_dir="imgs", mask_dir="masks", mask_suffix="_mask.gif"),
+                  class_names=("background", "car"), image_dir="imgs", mask_dir="masks",
+                  mask_suffix="_mask.gif"),
     IsbiLayout("isbi", "image/<i>.png with label/<i>.png; labels 0/255 -> 0 membrane, 1 cell",
                class_names=("membrane", "cell"), image_dir="image", mask_dir="label", mask_suffix=".png"),
     PairedLayout("pairs", "images/<stem>.* with masks/<stem>.png of class indices (255 = ignore); "

@@ -1,9 +1,9 @@
 """A deterministic synthetic segmentation dataset: coloured shapes on textured backgrounds.
 
 Classes: 0 background, 1 disc, 2 square, 3 triangle. Each image has its own size, a background of random
-gratings, a colour gradient and noise, and 2-6 shapes that may overlap (the last drawn wins). A band about two pixels
-wide along each shape boundary is labelled 255 ("void", ignored by the metrics), as in VOC. Shape colours lean to one hue per
-class, with wide variation, so a small network learns both shape and colour cues.
+gratings, a colour gradient and noise, and 2-6 shapes that may overlap (the last drawn wins). A band about two
+pixels wide along each shape boundary is labelled 255 ("void", ignored by the metrics), as in VOC. Shape
+colours lean to one hue per class, with wide variation, so a small network learns both shape and colour cues.
 
 The same index always gives the same image and label (numpy's PCG64 seeded by index).
 """

@@ -2,10 +2,11 @@
 
     python -m pipeline.demo.train --out pipeline/assets/default_milesial.pth
 
-Deterministic on a given torch build and thread count (seeded data, seeded init, fixed steps: 1200 steps of 8 random
-96x96 crops, AdamW with a one-cycle schedule peaking at 3e-3, one intra-op thread). The committed checkpoint was made
-with the command above with torch 2.13.0 (about 4 minutes on an idle core; longer on a busy machine). It evaluates
-on the built-in dataset's 48 images (indices 100000+, never seen in training) as the default `score` reports.
+Deterministic on a given torch build and thread count (seeded data, seeded init, fixed steps: 1200 steps of 8
+random 96x96 crops, AdamW with a one-cycle schedule peaking at 3e-3, one intra-op thread). The committed
+checkpoint was made with the command above with torch 2.13.0 (about 4 minutes on an idle core; longer on a
+busy machine). It evaluates on the built-in dataset's 48 images (indices 100000+, never seen in training) as
+the default `score` reports.
 """
 
 from __future__ import annotations
@@ -75,14 +76,16 @@ def train(steps: int, batch_size: int, crop: int, seed: int = 0,
         optimizer.step()
         schedule.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)", flush=True)
+            print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)",
+                  flush=True)
         if (step + 1) % 500 == 0 or step + 1 == steps:
             print(f"  eval mIoU {evaluate(model):.4f}", flush=True)
     return model.eval()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to write the state_dict (.pth)")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -91,7 +94,8 @@ def main() -> None:
     parser.add_argument("--init", help="start from this state_dict (a second stage of training)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--first-sample", type=int, default=0,
-                        help="index of the first training sample (a second stage continues where the first ended)")
+                        help="index of the first training sample (a second stage continues where the first "
+                             "ended)")
     parser.add_argument("--class-weights", default="", help="cross-entropy weight per class, comma separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -17,9 +17,9 @@ Two exports, one per consumer:
   are all constants. onnxslim (pure Python) was chosen over onnxsim (the tool the zoo's docs use; a compiled
   extension) after both gave the same ops on all four families.
 
-Exporter: torch's TorchScript-based exporter (`dynamo=False`). The torch.export-based one, torch's default since
-2.9, needs the onnxscript package, which is not a dependency. BatchNorm is folded into the convolutions (eval-mode
-export with constant folding).
+Exporter: torch's TorchScript-based exporter (`dynamo=False`). The torch.export-based one, torch's default
+since 2.9, needs the onnxscript package, which is not a dependency. BatchNorm is folded into the convolutions
+(eval-mode export with constant folding).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def import_onnx() -> Any:
         import onnx
     except ImportError as err:
         raise BackendUnavailable(
-            "ONNX export needs the onnx package: pip install 'unet-pipeline[onnx]' (onnx and onnxruntime), or "
-            "use --backend torch.") from err
+            "ONNX export needs the onnx package: pip install 'unet-pipeline[onnx]' (onnx and onnxruntime), "
+            "or use --backend torch.") from err
     return onnx
 
 
@@ -61,8 +61,8 @@ def import_onnxslim() -> Any:
         import onnxslim
     except ImportError as err:
         raise BackendUnavailable(
-            "The static ONNX export for vamc folds constants with onnxslim: pip install 'unet-pipeline[onnx]' "
-            "(or pip install onnxslim).") from err
+            "The static ONNX export for vamc folds constants with onnxslim: pip install "
+            "'unet-pipeline[onnx]' (or pip install onnxslim).") from err
     return onnxslim
 
 
@@ -136,7 +136,8 @@ def export_onnx(loaded: LoadedModel, input_size: tuple[int, int] | None = None, 
     return model
 
 
-def _torch_export(loaded: LoadedModel, size: tuple[int, int], opset: int, axes: dict[int, str] | None) -> bytes:
+def _torch_export(loaded: LoadedModel, size: tuple[int, int], opset: int, axes: dict[int,
+                                                                                     str] | None) -> bytes:
     """torch.onnx.export of the module for a (1, C, H, W) example; `axes` None: every dimension static."""
     import torch
 
@@ -145,9 +146,10 @@ def _torch_export(loaded: LoadedModel, size: tuple[int, int], opset: int, axes: 
     dynamic_axes = {INPUT_NAME: axes, OUTPUT_NAME: axes} if axes else None
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
-        # The legacy exporter announces its own deprecation; tracing warns about Python-side input checks (e.g.
-        # zhixuhao's divisor check) that produce no graph ops; constant folding skips the reversed Slice that
-        # exports F.pad's pad list (zhixuhao's Keras 'same' padding). None of them changes the exported graph.
+        # The legacy exporter announces its own deprecation; tracing warns about Python-side input checks
+        # (e.g. zhixuhao's divisor check) that produce no graph ops; constant folding skips the reversed Slice
+        # that exports F.pad's pad list (zhixuhao's Keras 'same' padding). None of them changes the exported
+        # graph.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
@@ -203,8 +205,9 @@ def export_static_onnx(loaded: LoadedModel, input_size: tuple[int, int], *,
         The checked ModelProto, with the same metadata as `export_onnx` (input_size "HxW").
 
     Raises:
-        BackendUnavailable: onnx or onnxslim is not installed. ConfigError: an input size the model cannot take.
-        RuntimeError: the folded graph still computes shapes (a model this export does not know how to fold).
+        BackendUnavailable: onnx or onnxslim is not installed. ConfigError: an input size the model cannot
+        take. RuntimeError: the folded graph still computes shapes (a model this export does not know how to
+        fold).
     """
     onnx = import_onnx()
     onnxslim = import_onnxslim()
@@ -213,8 +216,9 @@ def export_static_onnx(loaded: LoadedModel, input_size: tuple[int, int], *,
     model = onnxslim.slim(raw)
     problems = static_graph_problems(model)
     if problems:
-        raise RuntimeError(f"The static export of {loaded.family.name} still has {len(problems)} problem(s) after "
-                           f"folding ({'; '.join(problems[:3])}): report it with the model and --input-size.")
+        raise RuntimeError(f"The static export of {loaded.family.name} still has {len(problems)} problem(s) "
+                           f"after folding ({'; '.join(problems[:3])}): report it with the model and "
+                           "--input-size.")
     height, width = input_size
     _set_metadata(model, loaded, f"{height}x{width}")
     onnx.checker.check_model(model, full_check=True)

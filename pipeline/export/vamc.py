@@ -6,18 +6,18 @@ result differs from those files only in paths, names, sizes and the calibration 
 * `frontend`: the static ONNX file (`pipeline.export.onnx.export_static_onnx`), its input name and shape
   [1, C, H, W], fp32;
 * `backend`: `type: tvm_vacc`, `dtype: fp16 | int8`, `compile.data_transport_mode: 1` (all zoo UNets), and
-  `quantize`: calibrate_mode, `quantize_per_channel: true`, and `quantize_dsp_ops: [vacc_upsampling]` where the
-  network up-samples with a transposed convolution or a bilinear resize, as the zoo's milesial and bubbliiiing
-  builds do (its keras build, nearest up-sampling, has none);
-* `dataset`: the calibration images (folder, file suffix, how many, and the preprocessing DecodeImage -> Resize
-  -> Normalize(none) -> ToTensor, i.e. x / 255 at the network size, what every processing of this project feeds
-  the network). One-channel models decode greyscale (`cv2_flags: 0`), as the zoo's one-channel cnn_ctc build
-  does; the zoo's three-channel builds decode colour (`cv2_flags: 1`, milesial's);
+  `quantize`: calibrate_mode, `quantize_per_channel: true`, and `quantize_dsp_ops: [vacc_upsampling]` where
+  the network up-samples with a transposed convolution or a bilinear resize, as the zoo's milesial and
+  bubbliiiing builds do (its keras build, nearest up-sampling, has none);
+* `dataset`: the calibration images (folder, file suffix, how many, and the preprocessing DecodeImage ->
+  Resize -> Normalize(none) -> ToTensor, i.e. x / 255 at the network size, what every processing of this
+  project feeds the network). One-channel models decode greyscale (`cv2_flags: 0`), as the zoo's one-channel
+  cnn_ctc build does; the zoo's three-channel builds decode colour (`cv2_flags: 1`, milesial's);
 * `workspace.path`: where vamc writes the compiled model.
 
-fp16 builds keep the `quantize` and `dataset` sections, as the zoo's UNet docs have it (compile the same yaml with
-`backend.dtype: fp16`) and as its fp16 yamls that carry them do (with a placeholder `dataset.path` where no
-images were given); vamc reads them for int8 only.
+fp16 builds keep the `quantize` and `dataset` sections, as the zoo's UNet docs have it (compile the same yaml
+with `backend.dtype: fp16`) and as its fp16 yamls that carry them do (with a placeholder `dataset.path` where
+no images were given); vamc reads them for int8 only.
 
 Calibration names (`pipeline.quantize.methods`) map to vamc's `calibrate_mode`: both KL variants (and the
 `entropy` alias) -> kl_divergence, percentile -> percentile, minmax -> max. The zoo's compiled-model naming is
@@ -79,7 +79,8 @@ def vamc_config(*, name: str, onnx_file: str, input_name: str, shape: tuple[int,
         quantize["quantize_dsp_ops"] = ["vacc_upsampling"]
     return {
         "name": name,
-        "frontend": {"shape": {input_name: [1, channels, height, width]}, "type": "onnx", "checkpoint": onnx_file,
+        "frontend": {"shape": {input_name: [1, channels, height, width]}, "type": "onnx",
+                     "checkpoint": onnx_file,
                      "dtype": "fp32"},
         "backend": {"type": "tvm_vacc", "dtype": precision, "compile": {"data_transport_mode": 1},
                     "quantize": quantize},
@@ -105,6 +106,7 @@ def vamc_yaml(config: dict[str, Any]) -> str:
     header = (f"# Build configuration for Vastai's model compiler, written by `unet-pipeline export`.\n"
               f"# Compile with: vamc compile {config['name']}.yaml (run it in this folder)\n")
     if config["backend"]["dtype"] == "fp16":
-        header += ("# fp16: vamc does not read `quantize` and `dataset`; they are kept, as in the zoo's UNet builds,\n"
-                   "# so that setting backend.dtype to int8 (and dataset.path to real images) makes an int8 build.\n")
+        header += ("# fp16: vamc does not read `quantize` and `dataset`; they are kept, as in the zoo's UNet "
+                   "builds,\n# so that setting backend.dtype to int8 (and dataset.path to real images) makes "
+                   "an int8 build.\n")
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

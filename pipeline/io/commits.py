@@ -1,9 +1,9 @@
 """Commit records: the typed record a sink task writes last for each part, and reading them back.
 
-A part is the rows of one shard that one write task received together. Its files (Parquet part, PNGs) are written
-first; its `PartRecord` (`_run/parts/<part>.json`) last, so a part without a record is incomplete and is redone
-by `--resume`. The record is what crosses the Ray boundary from the sink to the driver and what the progress
-lines and `--resume` read: nobody parses the JSON by hand.
+A part is the rows of one shard that one write task received together. Its files (Parquet part, PNGs) are
+written first; its `PartRecord` (`_run/parts/<part>.json`) last, so a part without a record is incomplete and
+is redone by `--resume`. The record is what crosses the Ray boundary from the sink to the driver and what the
+progress lines and `--resume` read: nobody parses the JSON by hand.
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ class PartRecord:
     def to_json(self) -> dict[str, Any]:
         return {"part": self.part, "shard": self.shard, "rows": list(self.rows), "num_ok": self.num_ok,
                 "num_errors": self.num_errors, **self.scores.to_json(),
-                "errors": [e.to_json() for e in self.errors], "files": list(self.files), "committed": self.committed}
+                "errors": [e.to_json() for e in self.errors], "files": list(self.files),
+                "committed": self.committed}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PartRecord:
-        return cls(part=data["part"], shard=int(data["shard"]), rows=tuple(data["rows"]), num_ok=int(data["num_ok"]),
+        return cls(part=data["part"], shard=int(data["shard"]), rows=tuple(data["rows"]),
+                   num_ok=int(data["num_ok"]),
                    num_errors=int(data["num_errors"]), scores=ConfusionAccumulator.from_json(data),
                    errors=tuple(ErrorRecord.from_json(e) for e in data["errors"]), files=tuple(data["files"]),
                    committed=bool(data.get("committed", True)))

@@ -77,7 +77,8 @@ def normalize(uri: str) -> str:
         return uri.rstrip("/") if uri.count("/") > 2 else uri
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
-        raise ConfigError(f"Unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://BUCKET/PREFIX.")
+        raise ConfigError(f"Unsupported URI scheme {scheme!r} in {uri!r}: use a local path or "
+                          "s3://BUCKET/PREFIX.")
     return os.path.abspath(os.path.expanduser(uri))
 
 
@@ -247,11 +248,13 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     try:
         return storage_for(uri, s3).read_bytes(uri)
     except FileNotFoundError as err:
-        raise InputError(f"{uri} does not exist: check the path (and, for S3, the bucket and prefix).") from err
+        raise InputError(f"{uri} does not exist: check the path (and, for S3, the bucket and "
+                         "prefix).") from err
     except IsADirectoryError as err:
         raise InputError(f"{uri} is a directory, expected a file.") from err
     except PermissionError as err:
-        raise InputError(f"{uri} cannot be read (permission denied): check its permissions or credentials.") from err
+        raise InputError(f"{uri} cannot be read (permission denied): check its permissions or "
+                         "credentials.") from err
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:

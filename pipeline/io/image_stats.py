@@ -155,9 +155,10 @@ def read_image_files(files: Sequence[str], s3: fs.S3Options | None = None, num_c
     row_index = np.concatenate([p.rows for p in parts])[order]
     total = np.sum([p.total for p in parts if len(p.ids)], axis=0)
     if expected_total is not None and not np.array_equal(total, expected_total):
-        raise InputError(f"The per-image matrices of {len(files)} mask part(s) do not add up to the run's summed "
-                         "matrix: parts are missing (a storage failure) or left from another attempt. Run the "
-                         "same command with --resume to complete the run, then read it again.")
+        raise InputError(f"The per-image matrices of {len(files)} mask part(s) do not add up to the run's "
+                         "summed matrix: parts are missing (a storage failure) or left from another "
+                         "attempt. Run the same command with --resume to complete the run, then read it "
+                         "again.")
     images = ImageStats(ids.take(pa.array(order)).to_numpy(zero_copy_only=False).astype(object),
                         np.concatenate([p.stats for p in parts if len(p.ids)])[order], total)
     return RunImages(images, files, file_index, row_index, sum(p.num_unscored for p in parts))

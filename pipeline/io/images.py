@@ -1,7 +1,7 @@
 """Decoding image and label bytes safely: size limits, truncation, and label values checked per layout.
 
-Everything here turns a bad file into an `InputError` whose message names the problem and the fix; the pipeline
-records it against the input and goes on.
+Everything here turns a bad file into an `InputError` whose message names the problem and the fix; the
+pipeline records it against the input and goes on.
 """
 
 from __future__ import annotations
@@ -59,14 +59,15 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str =
             width, height = image.size
             if width * height > max_pixels:
                 raise InputError(
-                    f"The {what} is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}: "
-                    "it may be a decompression bomb. Raise --max-pixels if the file is genuine.")
+                    f"The {what} is {width}x{height} = {width * height} pixels, above the limit of "
+                    f"{max_pixels}: it may be a decompression bomb. Raise --max-pixels if the file is "
+                    "genuine.")
             image.load()
     except InputError:
         raise
     except Image.DecompressionBombError as err:
-        raise InputError(f"The {what} is above Pillow's own hard pixel limit ({err}), which --max-pixels cannot "
-                         "raise: downscale the image, or remove it.") from err
+        raise InputError(f"The {what} is above Pillow's own hard pixel limit ({err}), which --max-pixels "
+                         "cannot raise: downscale the image, or remove it.") from err
     except UnidentifiedImageError as err:
         raise InputError(_unidentified(what, data)) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
@@ -82,10 +83,10 @@ def _unidentified(what: str, data: bytes) -> str:
     """Why Pillow found no image: a known signature with a broken header, or not an image file at all."""
     kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
     if kind is not None:
-        return (f"The {what} starts like a {kind} file but its header is corrupt: re-download or re-export it, or "
-                "remove it.")
-    return (f"The {what} is not an image file (it starts with {data[:12]!r}): another kind of file carries an image "
-            "extension. Remove it or replace it with the real image.")
+        return (f"The {what} starts like a {kind} file but its header is corrupt: re-download or re-export "
+                "it, or remove it.")
+    return (f"The {what} is not an image file (it starts with {data[:12]!r}): another kind of file carries "
+            "an image extension. Remove it or replace it with the real image.")
 
 
 def decode_class_indices(image: Image.Image, *, layout: str) -> np.ndarray:
@@ -99,16 +100,17 @@ def decode_class_indices(image: Image.Image, *, layout: str) -> np.ndarray:
         if values.size and values.min() >= 0 and values.max() <= 255:
             return values.astype(np.uint8)
         raise InputError(
-            f"The {layout} label is a {image.mode} image with values up to {int(values.max())}: class indices must "
-            "be 0..254 (255 = ignore). Save labels as 8-bit 'L' or palette 'P' PNGs."
+            f"The {layout} label is a {image.mode} image with values up to {int(values.max())}: class "
+            "indices must be 0..254 (255 = ignore). Save labels as 8-bit 'L' or palette 'P' PNGs."
         )
     raise InputError(
-        f"The {layout} label is a {image.mode} image: labels must hold one class index per pixel (8-bit 'L' or "
-        "palette 'P'), not colours. Convert colour masks to class indices first."
+        f"The {layout} label is a {image.mode} image: labels must hold one class index per pixel (8-bit 'L' "
+        "or palette 'P'), not colours. Convert colour masks to class indices first."
     )
 
 
-def map_label_values(values: np.ndarray, mapping: dict[int, int], *, layout: str, ignore_index: int = IGNORE_INDEX,
+def map_label_values(values: np.ndarray, mapping: dict[int, int], *, layout: str,
+                     ignore_index: int = IGNORE_INDEX,
                      ) -> np.ndarray:
     """Map raw label pixel values to class indices; a value with no mapping is an error."""
     lut = np.full(256, -1, dtype=np.int16)
@@ -142,16 +144,17 @@ def check_same_size(image_size: tuple[int, int], label: np.ndarray) -> None:
     width, height = image_size
     if label.shape[:2] != (height, width):
         raise InputError(
-            f"The label is {label.shape[1]}x{label.shape[0]} but its image is {width}x{height}: a label must have "
-            "the size of its image. Re-export the label at the image's size."
+            f"The label is {label.shape[1]}x{label.shape[0]} but its image is {width}x{height}: a label must "
+            "have the size of its image. Re-export the label at the image's size."
         )
 
 
 def encode_png(array: np.ndarray, *, num_classes: int | None = None, compress_level: int = 1) -> bytes:
     """PNG bytes of a (H, W) uint8 class-index mask.
 
-    With `num_classes`, a palette ('P') PNG whose indices are the classes, coloured with `palette(num_classes)`
-    (VOC's colours for up to 21 classes); without it, a greyscale ('L') PNG of the indices.
+    With `num_classes`, a palette ('P') PNG whose indices are the classes, coloured with
+    `palette(num_classes)` (VOC's colours for up to 21 classes); without it, a greyscale ('L') PNG of the
+    indices.
     """
     array = np.ascontiguousarray(array, dtype=np.uint8)
     height, width = array.shape

@@ -1,9 +1,9 @@
 """Cutting a dataset into shards, and remembering the cut so that a resumed run sees the same shards.
 
-A shard is the unit of reading, committing and resuming. For file layouts the listing is streamed into manifest
-files of `shard_size` items each (`<run>/_run/manifest/shard-NNNNNN.jsonl`), so the driver never holds the list
-of inputs; for container layouts (parquet, webdataset) each container file is a shard. `index.json`, written
-last, records the shards; its presence means the listing finished.
+A shard is the unit of reading, committing and resuming. For file layouts the listing is streamed into
+manifest files of `shard_size` items each (`<run>/_run/manifest/shard-NNNNNN.jsonl`), so the driver never
+holds the list of inputs; for container layouts (parquet, webdataset) each container file is a shard.
+`index.json`, written last, records the shards; its presence means the listing finished.
 """
 
 from __future__ import annotations
@@ -68,16 +68,17 @@ def plan_shards(layout: Layout, input_uri: str, options: DataConfig, run_dir: st
         index = json.loads(storage.read_bytes(index_uri))
         if index["input"] != input_uri or index["layout"] != layout.name:
             raise ConfigError(
-                f"--resume: the run at {run_dir} was made from {index['input']} ({index['layout']} layout), not "
-                f"{input_uri} ({layout.name}). Resume with the same --input/--layout, or pick a new --output."
+                f"--resume: the run at {run_dir} was made from {index['input']} ({index['layout']} layout), "
+                f"not {input_uri} ({layout.name}). Resume with the same --input/--layout, or pick a new "
+                "--output."
             )
         return [ShardRef(s["index"], s["uri"], s["kind"], s["size"]) for s in index["shards"]]
 
     shards: list[ShardRef] = []
     if isinstance(layout, ContainerLayout):
         if limit is not None:
-            raise ConfigError(f"--limit works with file layouts, not with {layout.name} containers: split the "
-                              "containers, or score them whole.")
+            raise ConfigError(f"--limit works with file layouts, not with {layout.name} containers: split "
+                              "the containers, or score them whole.")
         for i, uri in enumerate(layout.containers(input_uri, s3)):
             if i == 0:
                 layout.check(uri, options, s3, expect_labels)

@@ -1,11 +1,12 @@
 """The rows that flow between the stages of a run, and their codec: one place for every column name.
 
-    read task ──SOURCE_COLUMNS──> preprocess task ──PREPARED_COLUMNS──> inference actor ──PREDICTED_COLUMNS──> sink
+    read task ──SOURCE_COLUMNS──> preprocess task ──PREPARED_COLUMNS──> inference actor ──PREDICTED_COLUMNS──>
+    sink
 
-Every row carries its identity (shard, row, id, source, label_source) and its error cells (stage, class, message)
-from the read task to the sink, so a row that fails anywhere keeps flowing with `error` set and its payload
-dropped, and ends as a recorded error. Images travel as raw uint8 bytes plus a "h,w[,c]" shape string, so no stage
-depends on Ray's tensor extension types. The sink writes `MASK_SCHEMA` rows to Parquet.
+Every row carries its identity (shard, row, id, source, label_source) and its error cells (stage, class,
+message) from the read task to the sink, so a row that fails anywhere keeps flowing with `error` set and its
+payload dropped, and ends as a recorded error. Images travel as raw uint8 bytes plus a "h,w[,c]" shape string,
+so no stage depends on Ray's tensor extension types. The sink writes `MASK_SCHEMA` rows to Parquet.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ SOURCE_SCHEMA = pa.schema([
 ])
 """Rows of the read tasks: raw image and label bytes, nothing decoded."""
 
-PREPARED_COLUMNS = PASSTHROUGH_COLUMNS + ("height", "width", "net", "net_shape", "meta", "label", "label_shape")
+PREPARED_COLUMNS = PASSTHROUGH_COLUMNS + ("height", "width", "net", "net_shape", "meta", "label",
+                                          "label_shape")
 """Rows of the preprocess tasks: the network-size image (`net`), its processing `meta` (JSON), the label."""
 
 PREDICTED_COLUMNS = PASSTHROUGH_COLUMNS + ("height", "width", "label", "label_shape", "mask", "mask_shape")
@@ -36,7 +38,8 @@ PREDICTED_COLUMNS = PASSTHROUGH_COLUMNS + ("height", "width", "label", "label_sh
 
 MASK_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
-    ("mask_png", pa.binary()), ("pixel_accuracy", pa.float64()), ("iou", pa.float64()), ("dice", pa.float64()),
+    ("mask_png", pa.binary()), ("pixel_accuracy", pa.float64()), ("iou", pa.float64()), ("dice",
+                                                                                         pa.float64()),
     ("confusion", pa.list_(pa.int64())), ("model", pa.string()), ("shard", pa.int64()), ("row", pa.int64()),
 ])
 """Rows of the Parquet mask parts (`masks/part-*.parquet`): one per image."""

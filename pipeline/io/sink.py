@@ -1,12 +1,13 @@
 """The run's single writer: masks to Parquet and/or PNG, per-image scores, and a commit record per part.
 
-One pass does everything: `write()` (a Ray task) scores each row against its label, encodes the mask, writes the
-files, and returns the part's `PartRecord`; `on_write_complete()` (on the driver) collects them. A part is the
-rows of one shard that arrived in one block. Its files are named by shard and first row, so a re-run overwrites
-rather than duplicates, and its commit record is written last (`pipeline.io.commits`): a part without a record
-is incomplete and is redone by `--resume`. Every file is written whole or not at all (local: temporary file +
-rename; S3: one PUT). A part whose rows include a storage failure (stage "storage") is counted in this run's
-metrics but left uncommitted, so `--resume` tries those inputs again instead of keeping the failure.
+One pass does everything: `write()` (a Ray task) scores each row against its label, encodes the mask, writes
+the files, and returns the part's `PartRecord`; `on_write_complete()` (on the driver) collects them. A part is
+the rows of one shard that arrived in one block. Its files are named by shard and first row, so a re-run
+overwrites rather than duplicates, and its commit record is written last (`pipeline.io.commits`): a part
+without a record is incomplete and is redone by `--resume`. Every file is written whole or not at all (local:
+temporary file + rename; S3: one PUT). A part whose rows include a storage failure (stage "storage") is
+counted in this run's metrics but left uncommitted, so `--resume` tries those inputs again instead of keeping
+the failure.
 """
 
 from __future__ import annotations
@@ -38,13 +39,10 @@ class SinkSettings:
     """What the sink writes, and where.
 
     Attributes:
-        output: the run's output folder.
-        formats: subset of ("parquet", "png").
-        num_classes: classes of the masks.
-        score: whether rows carry labels to score.
-        model_name: the model family, stored in every Parquet row.
-        s3: S3 options when the output is on S3.
-        png_file: how a mask becomes a PNG file (default: the Parquet's PNG: class indices, VOC palette up to 21
+        output: the run's output folder. formats: subset of ("parquet", "png"). num_classes: classes of the
+        masks. score: whether rows carry labels to score. model_name: the model family, stored in every
+        Parquet row. s3: S3 options when the output is on S3. png_file: how a mask becomes a PNG file
+        (default: the Parquet's PNG: class indices, VOC palette up to 21
             classes; `--png-values upstream`: the upstream predict script's file).
     """
 

@@ -1,7 +1,7 @@
 """The Ray Data source: one read task per shard, yielding rows of raw image and label bytes.
 
-Nothing is decoded here (decoding is CPU work for the preprocessing tasks). A file that cannot be read becomes a
-row with an error instead of failing the task, so good rows that share a shard are never lost. Rows already
+Nothing is decoded here (decoding is CPU work for the preprocessing tasks). A file that cannot be read becomes
+a row with an error instead of failing the task, so good rows that share a shard are never lost. Rows already
 committed by an interrupted run (`--resume`) are skipped.
 """
 
@@ -29,8 +29,9 @@ _NETWORK_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs")
 def is_storage_failure(err: BaseException) -> bool:
     """A failure of the storage rather than of the file: network, 5xx, throttling (after the client's retries).
 
-    Such rows are recorded with stage "storage", and their part is left uncommitted so that `--resume` tries them
-    again (see `pipeline.io.sink`); a missing or unreadable file is the input's fault and is recorded for good.
+    Such rows are recorded with stage "storage", and their part is left uncommitted so that `--resume` tries
+    them again (see `pipeline.io.sink`); a missing or unreadable file is the input's fault and is recorded for
+    good.
     """
     if isinstance(err, InputError):
         return False
@@ -60,8 +61,8 @@ def _row(shard: int, row: int, item_id: str, source: str, label_source: str = ""
         message = failure_message(source, error)
         if is_storage_failure(error):
             stage = STORAGE_STAGE
-            message += (f"{_root_cause(error)}: the storage failed after its retries; run the same command with "
-                        "--resume to try again.")
+            message += (f"{_root_cause(error)}: the storage failed after its retries; run the same command "
+                        "with --resume to try again.")
     return {"shard": shard, "row": row, "id": item_id, "source": source, "label_source": label_source,
             "image": image, "label": label, "error_stage": stage if error is not None else "",
             "error_class": error_class, "error": message}
@@ -113,7 +114,8 @@ def read_shard(ref: ShardRef, layout: Layout, options: DataConfig, expect_labels
                 if i in skip_rows:
                     continue
                 source = f"{ref.uri}#{sample.id}"
-                rows.append(_row(ref.index, i, sample.id, source, source, sample.image, sample.label, stage="read",
+                rows.append(_row(ref.index, i, sample.id, source, source, sample.image, sample.label,
+                                 stage="read",
                                  error=None if sample.error is None else InputError(sample.error)))
                 if len(rows) >= block_rows:
                     yield pa.Table.from_pylist(rows, schema=SOURCE_SCHEMA)
@@ -121,9 +123,10 @@ def read_shard(ref: ShardRef, layout: Layout, options: DataConfig, expect_labels
         except Exception as err:  # everything after the last good sample is one error
             if -1 not in skip_rows:
                 if not is_storage_failure(err):
-                    err = InputError(f"container {ref.uri} is corrupt or truncated after its last readable sample "
-                                     f"({type(err).__name__}: {err}): re-create the shard")
-                rows.append(_row(ref.index, -1, fs.basename(ref.uri), ref.uri, ref.uri, stage="read", error=err))
+                    err = InputError(f"container {ref.uri} is corrupt or truncated after its last readable "
+                                     f"sample ({type(err).__name__}: {err}): re-create the shard")
+                rows.append(_row(ref.index, -1, fs.basename(ref.uri), ref.uri, ref.uri, stage="read",
+                                 error=err))
     if rows:
         yield pa.Table.from_pylist(rows, schema=SOURCE_SCHEMA)
 

@@ -9,6 +9,7 @@ from pipeline.metrics.confusion import confusion_matrix, image_dice, image_score
 from pipeline.metrics.scores import SegmentationScores, scores_from_confusion
 
 __all__ = [
-    "ConfusionAccumulator", "ImageScores", "SegmentationScores", "confusion_matrix", "image_dice", "image_scores",
+    "ConfusionAccumulator", "ImageScores", "SegmentationScores", "confusion_matrix", "image_dice",
+    "image_scores",
     "scores_from_confusion",
 ]

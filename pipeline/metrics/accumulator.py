@@ -3,8 +3,8 @@
 `pipeline.metrics.confusion` and `pipeline.metrics.scores` are the functional core (pure functions of arrays);
 this is the small shell around them, in the spirit of torchmetrics' `Metric` (`update`, `merge_state`,
 `compute`): every place that sums confusion matrices (a sink part, the driver's reduction over parts, bench)
-holds one of these instead of adding arrays by hand. Its state is a sum, so any split of the images into parts,
-merged in any order, gives the same scores as one pass.
+holds one of these instead of adding arrays by hand. Its state is a sum, so any split of the images into
+parts, merged in any order, gives the same scores as one pass.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class ConfusionAccumulator:
     def merge(self, other: ConfusionAccumulator) -> ConfusionAccumulator:
         """Add another accumulator's state into this one (returns self)."""
         if other.num_classes != self.num_classes:
-            raise ValueError(f"Cannot merge a {other.num_classes}-class accumulator into a {self.num_classes}-class one.")
+            raise ValueError(f"Cannot merge a {other.num_classes}-class accumulator into a "
+                             f"{self.num_classes}-class one.")
         self.matrix += other.matrix
         self.num_scored += other.num_scored
         self.dice_sum += other.dice_sum
@@ -78,7 +79,8 @@ class ConfusionAccumulator:
 
     def to_json(self) -> dict[str, Any]:
         """`{"num_scored", "confusion" (flat, row-major), "dice_sum"}`: the state, as commit records store it."""
-        return {"num_scored": self.num_scored, "confusion": self.matrix.ravel().tolist(), "dice_sum": self.dice_sum}
+        return {"num_scored": self.num_scored, "confusion": self.matrix.ravel().tolist(),
+                "dice_sum": self.dice_sum}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConfusionAccumulator:

@@ -30,8 +30,8 @@ def confusion_matrix(target: np.ndarray, pred: np.ndarray, num_classes: int) -> 
     """
     if target.shape != pred.shape:
         raise InputError(
-            f"Expected the label and the prediction to have the same size, got {target.shape} and {pred.shape}. "
-            "Labels must have the size of their image."
+            f"Expected the label and the prediction to have the same size, got {target.shape} and "
+            f"{pred.shape}. Labels must have the size of their image."
         )
     c = int(num_classes)
     pred = pred.ravel().astype(np.intp, copy=False)
@@ -39,8 +39,8 @@ def confusion_matrix(target: np.ndarray, pred: np.ndarray, num_classes: int) -> 
         raise ValueError(f"prediction holds class {int(pred.max())}, outside [0, {c})")
     target = target.ravel()
     if target.dtype == np.uint8:
-        # Every label value 0..255 gets its own row of bins; rows >= C (ignored labels) are sliced off. This avoids
-        # building a boolean mask and is about twice as fast as masking on large images.
+        # Every label value 0..255 gets its own row of bins; rows >= C (ignored labels) are sliced off. This
+        # avoids building a boolean mask and is about twice as fast as masking on large images.
         counts = np.bincount(target.astype(np.intp) * c + pred, minlength=256 * c)
         return counts[: c * c].reshape(c, c).astype(np.int64, copy=False)
     keep = (target >= 0) & (target < c)

@@ -3,11 +3,12 @@
 Two mIoU conventions are reported because the public code disagrees:
 - `miou`: mean IoU over the classes that occur in the labels or the predictions (nanmean; a class absent from
   both is not scored). This is the common definition (torchmetrics, Vastai's StreamSegMetrics).
-- `miou_all_classes`: bubbliiiing's `get_miou.py`: every class counts, an absent class scores 0 (its denominators
+- `miou_all_classes`: bubbliiiing's `get_miou.py`: every class counts, an absent class scores 0 (its
+  denominators
   are clamped to 1). Equal to `miou` when every class occurs.
-Dice is computed per class from the same matrix (2TP / (2TP + FP + FN)) and averaged over the foreground classes,
-background (class 0) excluded as milesial's evaluate.py does; milesial averages per image instead, which the run
-reports separately as `dice_per_image_mean`.
+Dice is computed per class from the same matrix (2TP / (2TP + FP + FN)) and averaged over the foreground
+classes, background (class 0) excluded as milesial's evaluate.py does; milesial averages per image instead,
+which the run reports separately as `dice_per_image_mean`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class SegmentationScores:
             "miou": number(self.miou),
             "miou_definition": "mean IoU over classes present in labels or predictions (nanmean)",
             "miou_all_classes": number(self.miou_all_classes),
-            "miou_all_classes_definition": "bubbliiiing get_miou.py: every class averaged, absent classes count 0",
+            "miou_all_classes_definition": "bubbliiiing get_miou.py: every class averaged, absent classes "
+                                           "count 0",
             "pixel_accuracy": number(self.pixel_accuracy),
             "mean_pixel_accuracy": number(self.mean_pixel_accuracy),
             "mean_pixel_accuracy_all_classes": number(self.mean_pixel_accuracy_all_classes),

@@ -19,19 +19,18 @@ class ModelFamily:
     """What the pipeline needs to know about one registered model.
 
     Attributes:
-        name: registry key, e.g. "milesial" or "bubbliiiing-vgg16".
-        source: the public repository and the commit whose behaviour this re-implements.
-        backbone: the encoder, as the seed table names it ("double-conv", "vgg16", "resnet50", "-").
-        build: builds the torch module from a config dict (keys of `default_config`).
-        config_from_state_dict: reads the config off checkpoint tensors (classes, channels, variant).
-        default_config: the upstream defaults (the released checkpoints' shape).
-        default_processing: name of the pre/post-processing the upstream predict script uses.
-        default_input_size: (H, W) of the network input used for figures and fixed-size processing.
-        input_divisor: H and W of the network input must be multiples of this (1 = any size).
-        output_kind: "logits" (arg-max / sigmoid applied later) or "probabilities" (the net ends in a sigmoid).
-        seed_parameters: parameter count of `default_config` as the seed table states it (None if absent).
-        recognises: `recognises(state_dict, metadata)`: whether a checkpoint is this family's (model inference).
-        converters: checkpoint file formats this family reads besides torch/safetensors, e.g.
+        name: registry key, e.g. "milesial" or "bubbliiiing-vgg16". source: the public repository and the
+        commit whose behaviour this re-implements. backbone: the encoder, as the seed table names it
+        ("double-conv", "vgg16", "resnet50", "-"). build: builds the torch module from a config dict (keys of
+        `default_config`). config_from_state_dict: reads the config off checkpoint tensors (classes, channels,
+        variant). default_config: the upstream defaults (the released checkpoints' shape). default_processing:
+        name of the pre/post-processing the upstream predict script uses. default_input_size: (H, W) of the
+        network input used for figures and fixed-size processing. input_divisor: H and W of the network input
+        must be multiples of this (1 = any size). output_kind: "logits" (arg-max / sigmoid applied later) or
+        "probabilities" (the net ends in a sigmoid). seed_parameters: parameter count of `default_config` as
+        the seed table states it (None if absent). recognises: `recognises(state_dict, metadata)`: whether a
+        checkpoint is this family's (model inference). converters: checkpoint file formats this family reads
+        besides torch/safetensors, e.g.
             {"keras-hdf5": bytes -> state_dict}; `pipeline.models.checkpoints` detects the format.
     """
 

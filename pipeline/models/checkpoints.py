@@ -247,10 +247,11 @@ def _read_keras(uri: str, data: bytes) -> dict[str, torch.Tensor]:
     """A Keras HDF5 file, converted by the model family that reads that format (`ModelFamily.converters`)."""
     from pipeline.models import MODELS
 
-    converter = next((f.converters[KERAS_FORMAT] for _, f in MODELS.items() if KERAS_FORMAT in f.converters), None)
+    converter = next((f.converters[KERAS_FORMAT] for _, f in MODELS.items() if KERAS_FORMAT in f.converters),
+                     None)
     if converter is None:
-        raise CheckpointError(f"Checkpoint {uri} is a Keras HDF5 file, and no registered model family reads Keras "
-                              "files. Convert it to a torch state_dict first.")
+        raise CheckpointError(f"Checkpoint {uri} is a Keras HDF5 file, and no registered model family reads "
+                              "Keras files. Convert it to a torch state_dict first.")
     try:
         return dict(converter(data))
     except PipelineError:

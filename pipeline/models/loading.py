@@ -152,8 +152,8 @@ def _hints(family: ModelFamily, config: Mapping[str, Any], checkpoint: Checkpoin
             flag = key.replace("_", "-")
             if isinstance(value, bool):
                 given, needed = ("" if config[key] else "no-"), ("" if value else "no-")
-                fix = (f"drop the --{given}{flag} override (the file needs --{needed}{flag}, which is what it "
-                       "gets when the option is left out)")
+                fix = (f"drop the --{given}{flag} override (the file needs --{needed}{flag}, which is what "
+                       "it gets when the option is left out)")
             else:
                 fix = f"drop the --{flag} override (or pass --{flag} {value})"
             hints.append(f"This file looks like a {key}={value!r} {family.name} checkpoint, but the model "

@@ -11,7 +11,8 @@ Ranges (`activation_ranges`; method names and aliases: `pipeline.quantize.method
 * "minmax": [min, max] as observed.
 * "kl_pytorch_quantization" (alias "entropy"): |x| clipped at NVIDIA pytorch-quantization's KL-divergence
   threshold (`thresholds.kl_threshold`; 256 levels for a non-negative tensor, 128 for a signed one).
-* "kl_tensorrt": |x| clipped at the classic TensorRT KL-divergence threshold (`kl_tensorrt.kl_threshold_tensorrt`:
+* "kl_tensorrt": |x| clipped at the classic TensorRT KL-divergence threshold
+  (`kl_tensorrt.kl_threshold_tensorrt`:
   128 levels, the zero bin kept).
 * "percentile": |x| clipped where its histogram reaches 99.99 % (`thresholds.percentile_threshold`).
 
@@ -41,7 +42,8 @@ class TensorStats:
 
     minimum: float
     maximum: float
-    histogram: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))  # filled by the second pass
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(BINS,
+                                                                   np.int64))  # filled by the second pass
 
     @property
     def abs_max(self) -> float:
@@ -88,7 +90,8 @@ def _statistics_session(model, tensors: Sequence[str], threads: int):
     outputs = {o.name for o in augmented.graph.output}
     for name in tensors:
         if name not in outputs:
-            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                             None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -137,7 +140,8 @@ def activation_range(stats: TensorStats, method: str) -> tuple[float, float]:
         return stats.minimum, stats.maximum
     unsigned = stats.minimum >= 0
     if name == methods.KL_PYTORCH_QUANTIZATION:
-        threshold = kl_threshold(stats.histogram, stats.bin_width, UNSIGNED_LEVELS if unsigned else SIGNED_LEVELS)
+        threshold = kl_threshold(stats.histogram, stats.bin_width,
+                                 UNSIGNED_LEVELS if unsigned else SIGNED_LEVELS)
     elif name == methods.KL_TENSORRT:
         threshold = kl_threshold_tensorrt(stats.histogram, stats.bin_width)
     elif name == methods.PERCENTILE:

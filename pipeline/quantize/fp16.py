@@ -10,8 +10,8 @@ reproduced as fp16 storage with fp32 arithmetic:
 Ops that map fp16 values to fp16 values exactly (ReLU, max-pool, concat, zero padding, reshapes) need no
 rounding of their own, so ReLU stays fusable with the convolution before it. Accumulation inside a convolution
 stays fp32, as on fp16 hardware that accumulates in fp32. onnxruntime's own fp16 conversion was not used: its
-CPU provider computes such graphs largely in fp32 (inserting casts and dropping redundant pairs), which measured
-half the error of a real fp16 forward pass; this emulation matches torch's fp16 error.
+CPU provider computes such graphs largely in fp32 (inserting casts and dropping redundant pairs), which
+measured half the error of a real fp16 forward pass; this emulation matches torch's fp16 error.
 """
 
 from __future__ import annotations

@@ -54,16 +54,19 @@ def quantize_int8(model, ranges: dict[str, tuple[float, float]]):
     """
     import onnx
     from onnxruntime.quantization import (
-        CalibrationMethod, QuantFormat, QuantType, TensorData, TensorsData, quantize_static, save_tensors_data,
+        CalibrationMethod, QuantFormat, QuantType, TensorData, TensorsData, quantize_static,
+        save_tensors_data,
     )
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         import onnxruntime
 
         raise BackendUnavailable(
-            f"--precision int8 hands its calibration to onnxruntime's quantize_static(calibration_cache_path=...), "
-            f"which onnxruntime {onnxruntime.__version__} lacks: pip install 'onnxruntime>=1.32'.")
-    # The cache's method label must equal calibrate_method; the ranges themselves are ours, whatever the label.
+            "--precision int8 hands its calibration to onnxruntime's "
+            f"quantize_static(calibration_cache_path=...), which onnxruntime {onnxruntime.__version__} "
+            "lacks: pip install 'onnxruntime>=1.32'.")
+    # The cache's method label must equal calibrate_method; the ranges themselves are ours, whatever the
+    # label.
     data = TensorsData(CalibrationMethod.MinMax, {
         name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
         for name, (low, high) in ranges.items()})

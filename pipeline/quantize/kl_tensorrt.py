@@ -3,7 +3,8 @@
 The algorithm of Migacz, "8-bit Inference with TensorRT" (GTC 2017), for a histogram of |x| (bin k counts |x|
 in [k, k+1) * width):
 
-* for every candidate i = 128 .. bins - 1 (`range(128, 2048)` on the slide's 2048 bins; the first i bins are kept):
+* for every candidate i = 128 .. bins - 1 (`range(128, 2048)` on the slide's 2048 bins; the first i bins are
+  kept):
   P = hist[:i] with the count of everything beyond (the clipped outliers) added to its last bin;
   Q = hist[:i] merged into 128 levels of i / 128 bins each, then expanded back to i bins;
   divergence = KL(P || Q) of the normalised distributions (+inf where P has mass that Q lacks);
@@ -13,11 +14,12 @@ The slide leaves the merge of i bins into 128 levels unspecified when i is not a
 proportional: level j covers [j * i / 128, (j + 1) * i / 128) in bin units, and a bin split between two levels
 counts in each by its overlap. The expansion spreads each level's count over the non-empty bins it covers,
 again in proportion to their overlap (empty bins stay empty), so a split bin takes a share of both levels.
-Unlike NVIDIA's pytorch-quantization (`thresholds.kl_divergences`), nothing is done about the first bin: a ReLU's
-exact zeros stay in it, and the levels are always 128 (symmetric int8) whether or not the tensor is signed.
+Unlike NVIDIA's pytorch-quantization (`thresholds.kl_divergences`), nothing is done about the first bin: a
+ReLU's exact zeros stay in it, and the levels are always 128 (symmetric int8) whether or not the tensor is
+signed.
 
-All candidates are computed at once from prefix sums (see `kl_divergences_tensorrt`); the tests compare them with
-a per-candidate loop written after the slide.
+All candidates are computed at once from prefix sums (see `kl_divergences_tensorrt`); the tests compare them
+with a per-candidate loop written after the slide.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _x_log_x(values: np.ndarray) -> np.ndarray:
     return np.where(values > 0, values * np.log(np.where(values > 0, values, 1.0)), 0.0)
 
 
-def _cumulative_at(prefix: np.ndarray, values: np.ndarray, whole: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+def _cumulative_at(prefix: np.ndarray, values: np.ndarray, whole: np.ndarray,
+                   fraction: np.ndarray) -> np.ndarray:
     """The cumulative sum of `values` up to the real position whole + fraction (bin units)."""
     padded = np.concatenate([values, [0.0]])
     return prefix[whole] + fraction * padded[whole]
@@ -50,16 +53,16 @@ def kl_divergences_tensorrt(histogram: np.ndarray, levels: int = LEVELS,
         sum p log q = sum_j (h inside level j) log(S_j / W_j) + sum over split bins h_k log q_k
                       + outliers * log q_(i-1),
 
-    each term from prefix sums; KL = (sum p log p - sum p log q) / P - log P + log Q with P the total count and
-    Q = sum_j S_j the kept count.
+    each term from prefix sums; KL = (sum p log p - sum p log q) / P - log P + log Q with P the total count
+    and Q = sum_j S_j the kept count.
 
     Raises:
         ValueError: not a 1-D histogram with more than start_bin bins, or start_bin < levels.
     """
     hist = np.asarray(histogram, dtype=np.float64)
     if hist.ndim != 1 or hist.size <= start_bin or levels < 2 or start_bin < levels:
-        raise ValueError(f"Expected a 1-D histogram of more than {start_bin} bins and {levels} <= start_bin, got "
-                         f"shape {hist.shape} and start_bin={start_bin}.")
+        raise ValueError(f"Expected a 1-D histogram of more than {start_bin} bins and {levels} <= start_bin, "
+                         f"got shape {hist.shape} and start_bin={start_bin}.")
     nonzero = (hist != 0).astype(np.float64)
     total = hist.sum()
     counts = np.concatenate([[0.0], np.cumsum(hist)])
@@ -81,15 +84,18 @@ def kl_divergences_tensorrt(histogram: np.ndarray, levels: int = LEVELS,
         first_whole = low_bin + (low_fraction > 0)
         inside = counts[high_bin] - counts[first_whole]  # bins wholly inside level j
         p_log_q = np.sum(inside * log_spread, axis=1)
-        # split bins: bin high_bin of level j (j < levels - 1) where high_fraction > 0, shared with level j + 1
+        # split bins: bin high_bin of level j (j < levels - 1) where high_fraction > 0, shared with level j +
+        # 1
         split = high_fraction[:, :-1] > 0
         shared = high_fraction[:, :-1] * spread[:, :-1] + (1 - high_fraction[:, :-1]) * spread[:, 1:]
         split_counts = np.where(split, hist[np.minimum(high_bin[:, :-1], hist.size - 1)], 0.0)
-        p_log_q += np.sum(np.where(split_counts > 0, split_counts * np.log(np.where(shared > 0, shared, 1.0)), 0.0),
+        p_log_q += np.sum(np.where(split_counts > 0, split_counts * np.log(np.where(shared > 0, shared, 1.0)),
+                                   0.0),
                           axis=1)
         last = hist[candidates - 1]
         outliers = total - counts[candidates]
-        p_log_q += np.where(outliers > 0, outliers * log_spread[:, -1], 0.0)  # bin i-1 lies inside the last level
+        p_log_q += np.where(outliers > 0, outliers * log_spread[:, -1],
+                            0.0)  # bin i-1 lies inside the last level
         p_log_p = entropy_terms[candidates] - _x_log_x(last) + _x_log_x(last + outliers)
         kept = counts[candidates]
         divergences = (p_log_p - p_log_q) / total - np.log(total) + np.log(kept)

@@ -1,9 +1,9 @@
 """The int8 calibration methods: their names, aliases, what each computes and what vamc calls it.
 
-This module is the one owner of calibration method names. Every place that offers or checks a method (the CLI's
-`--calibration` choice, `calibration.activation_range`, the ONNX cache key, the vamc build configuration, the
-table's side-by-side int8 rows) reads `CALIBRATIONS`, `calibration_names()`, `canonical_name()` or
-`KL_VARIANTS` from here.
+This module is the one owner of calibration method names. Every place that offers or checks a method (the
+CLI's `--calibration` choice, `calibration.activation_range`, the ONNX cache key, the vamc build
+configuration, the table's side-by-side int8 rows) reads `CALIBRATIONS`, `calibration_names()`,
+`canonical_name()` or `KL_VARIANTS` from here.
 
 Methods (the range each gives one activation tensor, from its statistics over the calibration images):
 
@@ -62,10 +62,12 @@ KL_VARIANTS = (KL_PYTORCH_QUANTIZATION, KL_TENSORRT)  # shown side by side by `t
 
 CALIBRATIONS = Registry[CalibrationMethod]("calibration method")
 CALIBRATIONS.register(KL_PYTORCH_QUANTIZATION, CalibrationMethod(
-    KL_PYTORCH_QUANTIZATION, "KL divergence, NVIDIA pytorch-quantization (zero bin ignored, 256 levels if >= 0)",
+    KL_PYTORCH_QUANTIZATION,
+    "KL divergence, NVIDIA pytorch-quantization (zero bin ignored, 256 levels if >= 0)",
     "kl_divergence"))
 CALIBRATIONS.register(KL_TENSORRT, CalibrationMethod(
-    KL_TENSORRT, "KL divergence, classic TensorRT (128 levels, zero bin kept; likely vamc's)", "kl_divergence"))
+    KL_TENSORRT, "KL divergence, classic TensorRT (128 levels, zero bin kept; likely vamc's)",
+    "kl_divergence"))
 CALIBRATIONS.register(PERCENTILE, CalibrationMethod(PERCENTILE, "99.99th percentile of |x|", "percentile"))
 CALIBRATIONS.register(MINMAX, CalibrationMethod(MINMAX, "observed min and max", "max"))
 CALIBRATIONS.register(ENTROPY_ALIAS, CALIBRATIONS.get(DEFAULT_KL))  # alias: the same record
@@ -97,9 +99,9 @@ def is_alias(name: str) -> bool:
 def table_calibrations(precision: str, requested: str | None = None) -> tuple[str | None, ...]:
     """The calibration methods `table` scores one backend:precision variant with, each in a row of its own.
 
-    int8 with a KL method (either variant or `entropy`) or none asked for: both KL variants, `KL_VARIANTS` order,
-    so the table shows which int8 range choice the model tolerates; int8 with percentile or minmax: that one
-    (canonical name); fp32 and fp16: (None,), no calibration.
+    int8 with a KL method (either variant or `entropy`) or none asked for: both KL variants, `KL_VARIANTS`
+    order, so the table shows which int8 range choice the model tolerates; int8 with percentile or minmax:
+    that one (canonical name); fp32 and fp16: (None,), no calibration.
 
     Raises:
         UnknownNameError: an unknown `requested` method.

@@ -1,9 +1,9 @@
 """Clipping thresholds for int8 activations, from a histogram of |x| (bin k counts |x| in [k, k+1) * width).
 
-`kl_threshold` is TensorRT's entropy calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017) as NVIDIA's
-pytorch-quantization computes it (TensorRT/tools/pytorch-quantization, `calib/histogram.py`,
-`_compute_amax_entropy`): the calibration method `kl_pytorch_quantization` (alias `entropy`; the slide's classic
-variant is `kl_tensorrt.kl_threshold_tensorrt`). Its arithmetic:
+`kl_threshold` is TensorRT's entropy calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017) as
+NVIDIA's pytorch-quantization computes it (TensorRT/tools/pytorch-quantization, `calib/histogram.py`,
+`_compute_amax_entropy`): the calibration method `kl_pytorch_quantization` (alias `entropy`; the slide's
+classic variant is `kl_tensorrt.kl_threshold_tensorrt`). Its arithmetic:
 
 * the first bin is replaced by the second (it holds the exact zeros a ReLU produces; left in, that spike
   dominates every divergence and drives the threshold down to the smallest candidate);
@@ -20,8 +20,8 @@ TVM's `kl_divergence` (the lineage of Vastai vamc's) minimises the same divergen
 arithmetic (symmetric histogram, smoothing instead of the zero-bin fix, about 128 levels for a non-negative
 tensor: closer to `kl_tensorrt`, see `pipeline.quantize.methods`); vamc's own code is not public.
 
-The divergences of all candidates are computed at once from prefix sums (module docstring of `kl_divergences`);
-tests compare them with a per-candidate loop written after NVIDIA's code.
+The divergences of all candidates are computed at once from prefix sums (module docstring of
+`kl_divergences`); tests compare them with a per-candidate loop written after NVIDIA's code.
 """
 
 from __future__ import annotations
@@ -36,13 +36,15 @@ def _x_log_x(values: np.ndarray) -> np.ndarray:
     return np.where(values > 0, values * np.log(np.where(values > 0, values, 1.0)), 0.0)
 
 
-def kl_divergences(histogram: np.ndarray, levels: int, start_bin: int = START_BIN) -> tuple[np.ndarray, np.ndarray]:
+def kl_divergences(histogram: np.ndarray, levels: int, start_bin: int = START_BIN) -> tuple[np.ndarray,
+                                                                                            np.ndarray]:
     """(candidates i = start_bin .. bins, KL(P || Q) of each), as the module docstring defines them.
 
     With p_k the kept counts (outliers in the last), q_k = S_g / n_g on the non-zero bins of group g (S_g its
     count, n_g its non-zero bins), P = sum p (all data) and Q = sum q (the kept data):
 
-        KL = (sum p log p - sum p log q) / P - log P + log Q,   sum p log q = sum_g S_g log(S_g / n_g) + outliers
+        KL = (sum p log p - sum p log q) / P - log P + log Q,   sum p log q = sum_g S_g log(S_g / n_g) +
+        outliers
         * log q_(i-1),
 
     every sum a difference of prefix sums, so all candidates cost O(candidates x levels).
@@ -73,7 +75,8 @@ def kl_divergences(histogram: np.ndarray, levels: int, start_bin: int = START_BI
         outliers = total - counts[candidates]
         last_spread = spread[np.arange(candidates.size), (candidates - 1) * levels // candidates]
         p_log_p = entropy_terms[candidates] - _x_log_x(last) + _x_log_x(last + outliers)
-        p_log_q = kept_p_log_q + np.where(outliers > 0, outliers * np.log(np.where(last > 0, last_spread, 1.0)), 0.0)
+        p_log_q = kept_p_log_q + np.where(outliers > 0, outliers * np.log(np.where(last > 0, last_spread,
+                                                                                   1.0)), 0.0)
         divergences = (p_log_p - p_log_q) / total - np.log(total) + np.log(counts[candidates])
     divergences = np.where((outliers > 0) & (last == 0), np.inf, divergences)
     return candidates, divergences
@@ -86,7 +89,8 @@ def kl_threshold(histogram: np.ndarray, bin_width: float, levels: int) -> float:
     return float(candidates[last_minimum] * bin_width)
 
 
-def percentile_threshold(histogram: np.ndarray, bin_width: float, percentile: float = DEFAULT_PERCENTILE) -> float:
+def percentile_threshold(histogram: np.ndarray, bin_width: float,
+                         percentile: float = DEFAULT_PERCENTILE) -> float:
     """The bin edge where the cumulative share of |x| reaches `percentile` % (NVIDIA's percentile calibration)."""
     hist = np.asarray(histogram, dtype=np.float64)
     total = hist.sum()

@@ -1,9 +1,9 @@
 """A report as plain data (sections of text, tables and PNG figures), rendered to HTML and to Markdown.
 
-The HTML is one self-contained file: figures are embedded as `data:` URIs and the style sheet is inline, so it opens
-offline, from an e-mail attachment or an S3 download, and references nothing outside itself. The Markdown holds the
-same text and figures, the figures as PNG files in a folder next to it (`<stem>_files/`), which is what Markdown
-viewers (GitHub, GitLab, editors) display.
+The HTML is one self-contained file: figures are embedded as `data:` URIs and the style sheet is inline, so it
+opens offline, from an e-mail attachment or an S3 download, and references nothing outside itself. The
+Markdown holds the same text and figures, the figures as PNG files in a folder next to it (`<stem>_files/`),
+which is what Markdown viewers (GitHub, GitLab, editors) display.
 """
 
 from __future__ import annotations

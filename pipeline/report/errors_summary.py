@@ -1,7 +1,7 @@
 """The run's errors grouped by kind (stage and exception class), with a few examples of each.
 
-`errors.jsonl` is streamed line by line, so a run with millions of bad inputs costs one pass and a few examples of
-memory.
+`errors.jsonl` is streamed line by line, so a run with millions of bad inputs costs one pass and a few
+examples of memory.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ class ErrorKind:
     examples: list[dict] = field(default_factory=list)
 
 
-def summarize_errors(output: str, s3: fs.S3Options | None = None, examples: int = 3) -> list[ErrorKind] | None:
+def summarize_errors(output: str, s3: fs.S3Options | None = None,
+                     examples: int = 3) -> list[ErrorKind] | None:
     """Kinds of error, most frequent first; None when the run has no errors.jsonl."""
     uri = fs.join(output, ERRORS)
     storage = fs.storage_for(uri, s3)

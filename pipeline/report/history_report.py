@@ -1,8 +1,8 @@
 """The trend report of a run history: `history.html` and `history.md` with mIoU and the weakest classes over runs.
 
-The history is the JSON Lines file the scheduled jobs append to, one object per run (run_id, started_at, status
-passed|failed, miou, per_class_iou, gate {baseline_run_id, baseline_miou, max_drop, passed, dropped_classes}, ...).
-Runs are shown in the order they were recorded.
+The history is the JSON Lines file the scheduled jobs append to, one object per run (run_id, started_at,
+status passed|failed, miou, per_class_iou, gate {baseline_run_id, baseline_miou, max_drop, passed,
+dropped_classes}, ...). Runs are shown in the order they were recorded.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def _delta(value: float | None, reference: float | None) -> str:
 
 def _latest_summary(records: list[dict[str, Any]]) -> str:
     latest = records[-1]
-    text = (f"Latest run {latest.get('run_id', '?')} ({latest.get('started_at', '?')}): {latest.get('status', '?')}, "
-            f"mIoU {_number(latest.get('miou'))}")
+    text = (f"Latest run {latest.get('run_id', '?')} ({latest.get('started_at', '?')}): "
+            f"{latest.get('status', '?')}, mIoU {_number(latest.get('miou'))}")
     gate = latest.get("gate")
     if gate:
         text += (f"; gate against baseline {gate.get('baseline_run_id', '?')} (mIoU "
@@ -58,7 +58,8 @@ def _run_table(records: list[dict[str, Any]]) -> Table:
         previous = records[index - 1].get("miou") if index > 0 else None
         gate = record.get("gate") or {}
         rows.append((
-            str(record.get("run_id", "?")) + (" (baseline)" if str(record.get("run_id")) in baselines else ""),
+            str(record.get("run_id",
+                           "?")) + (" (baseline)" if str(record.get("run_id")) in baselines else ""),
             str(record.get("started_at") or "")[:16].replace("T", " "), str(record.get("status", "?")),
             _number(record.get("miou")),
             _delta(record.get("miou"), previous), _delta(record.get("miou"), gate.get("baseline_miou")),
@@ -70,17 +71,18 @@ def _run_table(records: list[dict[str, Any]]) -> Table:
                   "images", "errors", "images/s"), tuple(rows))
 
 
-def history_report(records: list[dict[str, Any]], history_uri: str, classes: int = DEFAULT_CLASSES) -> Document:
+def history_report(records: list[dict[str, Any]], history_uri: str,
+                   classes: int = DEFAULT_CLASSES) -> Document:
     """The trend report of `records` (oldest first) as a Document."""
     if not records:
-        raise ConfigError(f"{history_uri} holds no runs: run a scheduled job (or `score`) that records history "
-                          "first, or point --history at the file it appends to.")
+        raise ConfigError(f"{history_uri} holds no runs: run a scheduled job (or `score`) that records "
+                          "history first, or point --history at the file it appends to.")
     failed = sum(1 for r in records if r.get("status") == "failed")
     weakest = weakest_classes(records, classes)
     trend_blocks: tuple = (
         Figure("miou-trend", miou_trend(records),
-               "mIoU per run. Red crosses and bands: failed runs; green ring: a gate's baseline run; dashed and "
-               "dotted lines: the latest gate's baseline mIoU and the level below which it fails."),
+               "mIoU per run. Red crosses and bands: failed runs; green ring: a gate's baseline run; dashed "
+               "and dotted lines: the latest gate's baseline mIoU and the level below which it fails."),
     )
     if weakest:
         trend_blocks += (Figure("weakest-classes-trend", class_trend(records, weakest),
@@ -94,7 +96,8 @@ def history_report(records: list[dict[str, Any]], history_uri: str, classes: int
         sections=(
             Section("Latest run", (_latest_summary(records),)),
             Section("Trends", trend_blocks),
-            Section("Runs", (f"The latest {shown} of {len(records)} runs, newest first.", _run_table(records))),
+            Section("Runs", (f"The latest {shown} of {len(records)} runs, newest first.",
+                             _run_table(records))),
         ),
     )
 

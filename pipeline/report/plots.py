@@ -1,9 +1,9 @@
 """The run report's charts: per-class IoU bars and the row-normalised confusion matrix, as PNG bytes.
 
-Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend or state), so the
-report can be built in any process, including a Ray driver with no display. Every chart is `PLOT_DPI` dots per
-inch at a size computed from the number of classes, and is saved without `bbox_inches="tight"`, so its pixel size
-is exactly its figure size times the DPI.
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend or state), so
+the report can be built in any process, including a Ray driver with no display. Every chart is `PLOT_DPI` dots
+per inch at a size computed from the number of classes, and is saved without `bbox_inches="tight"`, so its
+pixel size is exactly its figure size times the DPI.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def per_class_iou_chart(class_names: Sequence[str], per_class_iou: dict[str, flo
                         colours: Sequence[tuple[int, int, int]]) -> bytes:
     """Horizontal bars of each class's IoU, worst at the top, in the class colours, with mIoU marked.
 
-    Each label gives the class's pixel support (pixels of that class in the labels). Classes with no IoU (absent
-    from both labels and predictions) are listed last as "n/a".
+    Each label gives the class's pixel support (pixels of that class in the labels). Classes with no IoU
+    (absent from both labels and predictions) are listed last as "n/a".
     """
     indices = list(range(len(class_names)))
     scored = sorted((i for i in indices if per_class_iou.get(class_names[i]) is not None),
@@ -76,7 +76,8 @@ def per_class_iou_chart(class_names: Sequence[str], per_class_iou: dict[str, flo
     axes.invert_yaxis()
     for position, i in zip(positions, order):
         iou = per_class_iou[class_names[i]]
-        axes.text(min((iou or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}", va="center",
+        axes.text(min((iou or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}",
+                  va="center",
                   fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
     title = "Per-class IoU, worst first"
     if miou is not None:
@@ -98,7 +99,8 @@ def row_normalised(matrix: np.ndarray) -> np.ndarray:
         return np.where(sums > 0, matrix / np.where(sums > 0, sums, 1), np.nan)
 
 
-def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], scale: ConfusionScale = "auto") -> bytes:
+def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str],
+                      scale: ConfusionScale = "auto") -> bytes:
     """The confusion matrix as a heat map, each row divided by its ground-truth pixels.
 
     `scale` "log" (the default for more than LOG_SCALE_ABOVE_CLASSES classes under "auto") makes the small
@@ -123,7 +125,8 @@ def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], scale: Con
                     label="share of the row's pixels" + (" (log scale)" if use_log else ""))
     ticks = np.arange(count)
     font = 9 if count <= 30 else 6
-    axes.set_xticks(ticks, class_names, rotation=60 if count > 6 else 0, ha="right" if count > 6 else "center",
+    axes.set_xticks(ticks, class_names, rotation=60 if count > 6 else 0,
+                    ha="right" if count > 6 else "center",
                     fontsize=font)
     axes.set_yticks(ticks, class_names, fontsize=font)
     axes.set_xlabel("predicted class")
@@ -150,7 +153,8 @@ def class_legend(class_names: Sequence[str], colours: Sequence[tuple[int, int, i
     """A strip of colour swatches with class names: the key to the overlays (ignored pixels are white)."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=(colours[i][0] / 255, colours[i][1] / 255, colours[i][2] / 255), edgecolor="#30343b",
+    handles = [Patch(facecolor=(colours[i][0] / 255, colours[i][1] / 255, colours[i][2] / 255),
+                     edgecolor="#30343b",
                      label=name if any(colours[i]) else f"{name} (black: not tinted)")
                for i, name in enumerate(class_names)]
     handles.append(Patch(facecolor="white", edgecolor="#30343b", label="ignored (255)"))

@@ -1,8 +1,8 @@
 """The report of one scoring run: `report.html` (self-contained) and `report.md` next to its metrics.json.
 
-Everything comes from the run's own outputs: metrics.json (scores, confusion matrix, settings), errors.jsonl, the
-Parquet mask shards (per-image IoU and the masks of the worst images) and the manifest (where each image and label
-is). Nothing is recomputed, so the report shows what the run measured.
+Everything comes from the run's own outputs: metrics.json (scores, confusion matrix, settings), errors.jsonl,
+the Parquet mask shards (per-image IoU and the masks of the worst images) and the manifest (where each image
+and label is). Nothing is recomputed, so the report shows what the run measured.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pipeline.report.thumbnails import comparison_strip
 from pipeline.report.worst import mask_files, read_predictions, select_worst
 
 ERROR_EXAMPLES = 3
-NEEDS_PARQUET = ("This run wrote no Parquet mask shards (it ran with --format png), and the worst images are chosen "
-                 "from the per-image IoU stored there. Run `score` with `--format parquet` or `--format both` to get "
-                 "them in the report.")
+NEEDS_PARQUET = ("This run wrote no Parquet mask shards (it ran with --format png), and the worst images are "
+                 "chosen from the per-image IoU stored there. Run `score` with `--format parquet` or "
+                 "`--format both` to get them in the report.")
 
 
 def run_folder(uri: str) -> str:
@@ -69,14 +69,17 @@ def _summary(metrics: dict[str, Any], output: str) -> Table:
         f", {key.replace('_', ' ')} {value}" for key, value in processing.items() if key != "name" and value)
     backend_text = (f"{backend.get('name', '?')} on {backend.get('device', '?')}, precision "
                     f"{backend.get('precision', '?')}; {backend.get('actors', '?')} actor(s) x "
-                    f"{backend.get('threads_per_actor', '?')} thread(s), batch {backend.get('batch_size', '?')}")
-    by_stage = ", ".join(f"{stage} {count}" for stage, count in sorted(metrics.get("errors_by_stage", {}).items()))
+                    f"{backend.get('threads_per_actor', '?')} thread(s), batch "
+                    f"{backend.get('batch_size', '?')}")
+    by_stage = ", ".join(f"{stage} {count}" for stage, count in sorted(metrics.get("errors_by_stage",
+                                                                                   {}).items()))
     num_images = metrics.get("num_images", 0)
     scored = f"{num_images} of {metrics.get('num_inputs', num_images)} inputs"
     miou = (f"{_number(metrics.get('miou'))} (classes present); all classes "
             f"{_number(metrics.get('miou_all_classes'))}")
     rows = [
-        ("Model", f"{model.get('name', '?')} ({model.get('source', '?')}, backbone {model.get('backbone', '?')})"),
+        ("Model",
+         f"{model.get('name', '?')} ({model.get('source', '?')}, backbone {model.get('backbone', '?')})"),
         ("Checkpoint", str(model.get("checkpoint", "?"))),
         ("Checkpoint SHA-256", str(model.get("checkpoint_sha256", "?"))),
         ("Dataset", str(dataset.get("uri", "?"))),
@@ -101,16 +104,17 @@ def _class_section(metrics: dict[str, Any], colours: list[tuple[int, int, int]])
     accuracy = metrics.get("per_class_accuracy", {})
     chart = Figure("per-class-iou", per_class_iou_chart(names, iou, support, metrics.get("miou"), colours),
                    "Per-class IoU, worst first; the dashed line is the mIoU.")
-    rows = tuple((name, _number(iou.get(name)), _number(accuracy.get(name)), format_count(support.get(name, 0)))
+    rows = tuple((name, _number(iou.get(name)), _number(accuracy.get(name)), format_count(support.get(name,
+                                                                                                      0)))
                  for name in sorted(names, key=lambda n: (iou.get(n) is None, iou.get(n) or 0.0, n)))
     return Section("Per-class IoU", (chart, Table(("class", "IoU", "accuracy", "pixels"), rows)))
 
 
 def _confusion_section(metrics: dict[str, Any], scale: ConfusionScale) -> Section:
     matrix = np.asarray(metrics["confusion_matrix"], np.int64)
-    explanation = ("Rows are ground-truth classes, columns predicted classes; each row is divided by its ground-truth "
-                   "pixels, so the diagonal is each class's recall and the rest of the row shows what it was mistaken "
-                   "for.")
+    explanation = ("Rows are ground-truth classes, columns predicted classes; each row is divided by its "
+                   "ground-truth pixels, so the diagonal is each class's recall and the rest of the row "
+                   "shows what it was mistaken for.")
     return Section("Confusion matrix", (
         explanation,
         Figure("confusion-matrix", confusion_heatmap(matrix, metrics["class_names"], scale),
@@ -136,17 +140,20 @@ def _worst_section(output: str, metrics: dict[str, Any], colours: list[tuple[int
     for rank, predicted in enumerate(predictions, start=1):
         item = predicted.ranked
         source = sources[(predicted.shard, predicted.row)]
-        caption = f"{rank}. {item.id}: IoU {item.iou:.3f}" + (f" ({source.problem})" if source.problem else "")
+        caption = f"{rank}. {item.id}: IoU {item.iou:.3f}" + (" "
+                                                              f"({source.problem})" if source.problem else "")
         png = comparison_strip(source.image, source.label, predicted.prediction, colours)
         strips.append(Figure(f"worst-{rank:02d}-{safe_name(item.id)}", png, caption))
         rows.append((str(rank), item.id, f"{item.iou:.4f}", item.source))
-    unranked = (f" {selection.num_unranked} image(s) with every label pixel ignored have no IoU and are not ranked."
+    unranked = (f" {selection.num_unranked} image(s) with every label pixel ignored have no IoU and are not "
+                "ranked."
                 if selection.num_unranked else "")
-    explanation = (f"Lowest per-image IoU (mean over the classes present in the image's label or prediction) of "
-                   f"{selection.num_ranked} scored images, read from the run's Parquet output.{unranked}")
+    explanation = ("Lowest per-image IoU (mean over the classes present in the image's label or prediction) "
+                   f"of {selection.num_ranked} scored images, read from the run's Parquet output.{unranked}")
     return Section(f"The {len(predictions)} worst images by per-image IoU", (
         explanation,
-        Figure("class-colours", class_legend(metrics["class_names"], colours), "Class colours of the overlays."),
+        Figure("class-colours", class_legend(metrics["class_names"], colours),
+               "Class colours of the overlays."),
         Gallery(tuple(strips), "Each: image | ground truth | prediction."),
         Table(("rank", "id", "IoU", "source"), tuple(rows)),
     ))
@@ -161,7 +168,8 @@ def _errors_section(output: str, metrics: dict[str, Any], s3: fs.S3Options | Non
         return Section("Errors", ("No input failed.",))
     summary = Table(("stage", "error", "count"), tuple((k.stage, k.error_class, str(k.count)) for k in kinds))
     examples = Table(("stage", "error", "id", "source", "message"), tuple(
-        (k.stage, k.error_class, str(e.get("id", "")), str(e.get("source", "")), _clip(str(e.get("error", ""))))
+        (k.stage, k.error_class, str(e.get("id", "")), str(e.get("source", "")), _clip(str(e.get("error",
+                                                                                                 ""))))
         for k in kinds for e in k.examples))
     total = sum(k.count for k in kinds)
     return Section("Errors", (
@@ -177,7 +185,8 @@ def run_report(output: str, metrics: dict[str, Any], s3: fs.S3Options | None = N
     subtitle = (f"mIoU {_number(metrics.get('miou'))} on {metrics.get('num_images', 0)} images of "
                 f"{metrics.get('dataset', {}).get('uri', '?')}, {metrics.get('finished_at', '')}")
     return Document(
-        title=f"Scoring report: {model.get('name', '?')} on {metrics.get('dataset', {}).get('layout', '?')} data",
+        title=f"Scoring report: {model.get('name', '?')} on {metrics.get('dataset', {}).get('layout', '?')} "
+              "data",
         subtitle=subtitle,
         sections=(
             Section("Summary", (_summary(metrics, output),)),

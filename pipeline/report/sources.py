@@ -41,7 +41,8 @@ class RunSources:
         self.output = output
         self.s3 = s3
         self.layout: Layout = LAYOUTS.get(metrics["dataset"]["layout"])
-        self.options = section_from(config, DataConfig).with_mask_values(metrics.get("model", {}).get("mask_values"))
+        self.options = section_from(config, DataConfig).with_mask_values(metrics.get("model",
+                                                                                     {}).get("mask_values"))
         self.rule: LabelRule = self.layout.label_rule(len(metrics["class_names"]), self.options)
         self.max_pixels = int(config.get("max_pixels") or DEFAULT_MAX_PIXELS)
 
@@ -68,7 +69,8 @@ class RunSources:
                 out[row] = (image, label, " ".join(p for p in (image_problem, label_problem) if p))
             return out
         if not isinstance(self.layout, ContainerLayout):
-            raise PipelineError(f"shard {ref.uri} is a container but the run's layout {self.layout.name} is not")
+            raise PipelineError(f"shard {ref.uri} is a container but the run's layout {self.layout.name} is "
+                                "not")
         last = max(rows)
         for position, sample in enumerate(self.layout.read(ref.uri, self.options, self.s3, True)):
             if position in rows:

@@ -1,8 +1,9 @@
 """Thumbnail strips of one image: the image | its ground truth overlaid | the prediction overlaid.
 
-Each panel is fitted into a `PANEL` x `PANEL` cell (aspect ratio kept, centred), so every strip has the same size,
-`STRIP_SIZE`, and the report's grid lines up. Class maps are shrunk with nearest-neighbour sampling (a class index
-is never blended with its neighbour) and only then coloured, so a 10k x 10k input costs no more than a small one.
+Each panel is fitted into a `PANEL` x `PANEL` cell (aspect ratio kept, centred), so every strip has the same
+size, `STRIP_SIZE`, and the report's grid lines up. Class maps are shrunk with nearest-neighbour sampling (a
+class index is never blended with its neighbour) and only then coloured, so a 10k x 10k input costs no more
+than a small one.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def overlay(image: Image.Image, classes: np.ndarray, colours: Sequence[tuple[int
     """`image`, greyed, with each pixel tinted by its class colour; black classes (background) stay grey.
 
     Greying the picture first makes the class colours stand out even where the scene has the same hue (a red
-    object under VOC's dark-red class colour). `classes` must have the image's size. Ignored label pixels (255)
-    get a white veil.
+    object under VOC's dark-red class colour). `classes` must have the image's size. Ignored label pixels
+    (255) get a white veil.
     """
     table = np.zeros((256, 3), np.float32)
     tinted = np.zeros(256, bool)
@@ -63,8 +64,8 @@ def comparison_strip(image: Image.Image | None, label: np.ndarray | None, predic
                      colours: Sequence[tuple[int, int, int]]) -> bytes:
     """PNG of STRIP_SIZE: image | ground-truth overlay | prediction overlay, all at the prediction's geometry.
 
-    The prediction is the mask the run wrote (at the size it was scored); image and label are resized to it, as
-    the run compared them. A missing image or label (moved or deleted since the run) gives a grey panel.
+    The prediction is the mask the run wrote (at the size it was scored); image and label are resized to it,
+    as the run compared them. A missing image or label (moved or deleted since the run) gives a grey panel.
     """
     height, width = prediction.shape
     size = panel_size(height, width)
@@ -73,7 +74,8 @@ def comparison_strip(image: Image.Image | None, label: np.ndarray | None, predic
         small_image if small_image is not None else _unavailable(size, "image\nunavailable"),
         overlay(small_image or Image.new("RGB", size, (128, 128, 128)), _shrink_classes(label, size), colours)
         if label is not None else _unavailable(size, "label\nunavailable"),
-        overlay(small_image or Image.new("RGB", size, (128, 128, 128)), _shrink_classes(prediction, size), colours),
+        overlay(small_image or Image.new("RGB", size, (128, 128, 128)), _shrink_classes(prediction, size),
+                colours),
     ]
     strip = Image.new("RGB", STRIP_SIZE, (255, 255, 255))
     for position, panel in enumerate(panels):

@@ -1,8 +1,9 @@
 """Charts of a run history: mIoU over runs, and the IoU of the weakest classes over runs, as PNG bytes.
 
-Runs are placed at even steps in the order they were recorded (nightly runs, re-runs and manual runs all get the
-same room); tick labels give the run id and date. Runs that failed are marked with a red cross and a red band, and
-the gate's baseline run with a green ring, so a regression and what it was judged against are seen at a glance.
+Runs are placed at even steps in the order they were recorded (nightly runs, re-runs and manual runs all get
+the same room); tick labels give the run id and date. Runs that failed are marked with a red cross and a red
+band, and the gate's baseline run with a green ring, so a regression and what it was judged against are seen
+at a glance.
 """
 
 from __future__ import annotations
@@ -60,21 +61,24 @@ def miou_trend(records: Sequence[dict[str, Any]]) -> bytes:
     low = min(values) if values else 0.0
     failed = [(i, r.get("miou")) for i, r in enumerate(records) if r.get("status") == "failed"]
     if failed:
-        label = "failed run" + (" (no mIoU: drawn at the bottom)" if any(v is None for _, v in failed) else "")
+        label = "failed run" + (" (no mIoU: drawn at the bottom)" if any(v is None for _,
+                                                                         v in failed) else "")
         axes.scatter([i for i, _ in failed], [low if v is None else v for _, v in failed], marker="X", s=90,
                      color=_FAILED, label=label, zorder=3)
     baselines = baseline_ids(records)
     ringed = [(i, r["miou"]) for i, r in enumerate(records)
               if str(r.get("run_id")) in baselines and r.get("miou") is not None]
     if ringed:
-        axes.scatter([i for i, _ in ringed], [v for _, v in ringed], s=220, facecolors="none", edgecolors=_BASELINE,
+        axes.scatter([i for i, _ in ringed], [v for _, v in ringed], s=220, facecolors="none",
+                     edgecolors=_BASELINE,
                      linewidths=2, label="baseline run", zorder=4)
     gate = next((r["gate"] for r in reversed(records) if r.get("gate")), None)
     if gate and gate.get("baseline_miou") is not None:
         axes.axhline(gate["baseline_miou"], color=_BASELINE, linestyle="--", linewidth=1.2,
                      label=f"baseline mIoU {gate['baseline_miou']:.3f} ({gate.get('baseline_run_id', '?')})")
         if gate.get("max_drop") is not None:
-            axes.axhline(gate["baseline_miou"] - gate["max_drop"], color=_FAILED, linestyle=":", linewidth=1.2,
+            axes.axhline(gate["baseline_miou"] - gate["max_drop"], color=_FAILED, linestyle=":",
+                         linewidth=1.2,
                          label=f"gate: fail below {gate['baseline_miou'] - gate['max_drop']:.3f}")
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()

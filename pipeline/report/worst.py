@@ -1,9 +1,9 @@
 """The run's N worst images by per-image IoU, read from its Parquet mask shards (never recomputed).
 
 Choosing reads three small columns (`id`, `source`, `iou`) of each `masks/part-*.parquet`; the encoded masks
-(`mask_png`, the bulk of the bytes) are then read only from the files that hold a chosen row. On S3 each file is
-opened for random access (exact ranged GETs: the footer and those columns, never the masks in between), several
-files at a time, so a run of millions of images costs a few bytes per image to rank.
+(`mask_png`, the bulk of the bytes) are then read only from the files that hold a chosen row. On S3 each file
+is opened for random access (exact ranged GETs: the footer and those columns, never the masks in between),
+several files at a time, so a run of millions of images costs a few bytes per image to rank.
 """
 
 from __future__ import annotations

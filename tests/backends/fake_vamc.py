@@ -2,19 +2,20 @@
 
 Files, as vamc lays them out: `<dir>/<name>.so` (a marker; the fake never runs it), `<dir>/<name>.json` (the
 fake's sidecar under "vsx_fake": registry name, model config, input/output shapes, max batch size, precision),
-`<dir>/<name>.params` (the weights, a torch state dict) and `<dir>/<name>-vdsp_params.json` (the zoo's UNet VDSP
-JSON for the input size).
+`<dir>/<name>.params` (the weights, a torch state dict) and `<dir>/<name>-vdsp_params.json` (the zoo's UNet
+VDSP JSON for the input size).
 
 "Compilation" of the weights: every floating tensor is stored rounded to float16. For precision "int8", each
-convolution weight (4-D) is first fake-quantized per output channel: scale = max|w| / 127, w = round(w / scale)
+convolution weight (4-D) is first fake-quantized per output channel: scale = max|w| / 127, w = round(w /
+scale)
 * scale (float32; round half to even; a channel of zeros stays zero).
 
-int8 also calibrates activations, as vamc does on its `dataset` images: the compiled network (the weights above,
-float32 arithmetic, no activation quantization) runs on each calibration image (x / 255 rounded to float16) and
-records |x| at the input of every Conv2d and ConvTranspose2d; the threshold T of each is max |x|
-(`calibrate_mode` "max") or the 99.99th percentile of |x| ("percentile", numpy's default interpolation over all
-values). The thresholds go into the sidecar ("activation_thresholds"); the fake runtime quantizes those inputs
-per tensor, symmetric int8 (x -> clamp(round(x / s), -127, 127) * s, s = float32(T / 127)).
+int8 also calibrates activations, as vamc does on its `dataset` images: the compiled network (the weights
+above, float32 arithmetic, no activation quantization) runs on each calibration image (x / 255 rounded to
+float16) and records |x| at the input of every Conv2d and ConvTranspose2d; the threshold T of each is max |x|
+(`calibrate_mode` "max") or the 99.99th percentile of |x| ("percentile", numpy's default interpolation over
+all values). The thresholds go into the sidecar ("activation_thresholds"); the fake runtime quantizes those
+inputs per tensor, symmetric int8 (x -> clamp(round(x / s), -127, 127) * s, s = float32(T / 127)).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ ACTIVATION_MODULES = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 CALIBRATE_MODES = ("max", "percentile")
 
 
-def zoo_vdsp_json(height: int, width: int, norm_type: str = "DIV255", image_format: str = "RGB_PLANAR") -> dict:
+def zoo_vdsp_json(height: int, width: int, norm_type: str = "DIV255",
+                  image_format: str = "RGB_PLANAR") -> dict:
     """The zoo's milesial-unet_scale0.5-vdsp_params.json, with this size (RGB_PLANAR for every model)."""
     return {"OpType": "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR", "OpConfig": {
         "IimageFormat": image_format, "IimageWidth": width, "IimageHeight": height,
@@ -83,7 +85,8 @@ def calibrate_activations(network: torch.nn.Module, images: np.ndarray, mode: st
     for name, module in network.named_modules():
         if isinstance(module, ACTIVATION_MODULES):
             handles.append(module.register_forward_pre_hook(
-                lambda m, inputs, name=name: seen.setdefault(name, []).append(inputs[0].abs().flatten().numpy())))
+                lambda m, inputs, name=name: seen.setdefault(name,
+                                                             []).append(inputs[0].abs().flatten().numpy())))
     try:
         with torch.no_grad():
             for image in images:
@@ -103,8 +106,8 @@ def compile_fake_vacc_model(checkpoint: str, out_dir: Path, *, model: str = "mil
                             ) -> FakeCompiled:
     """Write the fake compiled suite for `checkpoint` into `out_dir` and return where it is.
 
-    int8: `calibration_images` ((N, h, w, c) uint8 at the input size; default: 4 seeded random images) calibrate
-    the activations with `calibrate_mode`.
+    int8: `calibration_images` ((N, h, w, c) uint8 at the input size; default: 4 seeded random images)
+    calibrate the activations with `calibrate_mode`.
     """
     loaded = load_model(model, checkpoint)
     in_channels, num_classes = loaded.module.in_channels, loaded.module.num_classes
@@ -117,7 +120,8 @@ def compile_fake_vacc_model(checkpoint: str, out_dir: Path, *, model: str = "mil
             tensor = tensor.half()
         state[key] = tensor
     sidecar = {"model": model, "model_config": dict(loaded.config), "precision": precision,
-               "input_shape": [1, in_channels, height, width], "output_shape": [1, num_classes, height, width],
+               "input_shape": [1, in_channels, height, width], "output_shape": [1, num_classes, height,
+                                                                                width],
                "max_batch_size": max_batch_size}
     if precision == "int8":
         if calibration_images is None:

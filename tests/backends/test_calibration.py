@@ -45,7 +45,8 @@ def reference_divergences(histogram: np.ndarray, levels: int, start_bin: int = 1
     return np.array(divergences)
 
 
-def tensorrt_reference_divergences(histogram: np.ndarray, levels: int = 128, start_bin: int = 128) -> np.ndarray:
+def tensorrt_reference_divergences(histogram: np.ndarray, levels: int = 128,
+                                   start_bin: int = 128) -> np.ndarray:
     """The classic algorithm of Migacz's GTC 2017 slide, one candidate at a time:
 
     for i in range(128, bins): P = bin[0..i-1], outliers added to P[i-1]; Q = bin[0..i-1] quantized into 128
@@ -132,7 +133,8 @@ def test_kl_threshold_keeps_a_uniform_range_and_ignores_the_relu_zero_spike():
 def test_percentile_threshold_matches_numpy():
     values = np.abs(np.random.default_rng(3).standard_normal(500_000))
     hist, width = histogram_of(values)
-    assert percentile_threshold(hist, width, 99.99) == pytest.approx(np.percentile(values, 99.99), abs=1.5 * width)
+    assert percentile_threshold(hist, width, 99.99) == pytest.approx(np.percentile(values, 99.99),
+                                                                     abs=1.5 * width)
     assert percentile_threshold(hist, width, 50.0) == pytest.approx(np.median(values), abs=1.5 * width)
 
 
@@ -188,11 +190,13 @@ def test_the_two_kl_variants_differ_on_relu_outputs_and_agree_on_signed_tensors(
 
 
 def test_one_registry_names_every_method_and_entropy_is_the_default_kl_alias():
-    assert CALIBRATION_METHODS == ("kl_pytorch_quantization", "kl_tensorrt", "percentile", "minmax", "entropy")
+    assert CALIBRATION_METHODS == ("kl_pytorch_quantization", "kl_tensorrt", "percentile", "minmax",
+                                   "entropy")
     assert methods.canonical_name("entropy") == methods.DEFAULT_KL == "kl_pytorch_quantization"
     assert methods.is_alias("entropy") and not methods.is_alias("kl_tensorrt")
     assert set(methods.KL_VARIANTS) == {"kl_pytorch_quantization", "kl_tensorrt"}
-    assert {methods.get_method(n).vamc_mode for n in CALIBRATION_METHODS} == {"kl_divergence", "percentile", "max"}
+    assert {methods.get_method(n).vamc_mode for n in CALIBRATION_METHODS} == {"kl_divergence", "percentile",
+                                                                              "max"}
     with pytest.raises(UnknownNameError, match="Did you mean 'kl_tensorrt'"):
         methods.get_method("kl_tensorrtt")
 

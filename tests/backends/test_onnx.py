@@ -43,7 +43,8 @@ def checkpoints(tmp_path_factory):
     class Checkpoints:
         def __getitem__(self, name: str) -> str:
             if name not in written:
-                written[name] = write_deterministic_checkpoint(folder / f"{name}.pth", name, **FAMILIES[name][0])
+                written[name] = write_deterministic_checkpoint(folder / f"{name}.pth", name,
+                                                               **FAMILIES[name][0])
             return written[name]
 
     return Checkpoints()
@@ -149,7 +150,8 @@ def test_backend_through_prepare_and_create(checkpoints, tmp_path):
     prepared = prepare_backend(spec, _context(tmp_path, images))
     assert Path(prepared.options["onnx_path"]).is_file() and prepared.options["onnx_cache_hit"] is False
     backend = create_backend(prepared, to_network_input)
-    torch_backend = create_backend(BackendSpec(name="torch", model="milesial", checkpoint=checkpoints["milesial"],
+    torch_backend = create_backend(BackendSpec(name="torch", model="milesial",
+                                               checkpoint=checkpoints["milesial"],
                                                threads=1), to_network_input)
     batch = np.stack(images)
     try:
@@ -168,7 +170,8 @@ def test_backend_through_prepare_and_create(checkpoints, tmp_path):
     Path(prepared.options["onnx_path"]).write_bytes(b"changed")
     stale = {k: v for k, v in prepared.options.items() if k != "onnx_model_ref"}
     with pytest.raises(ConfigError, match="sha256"):
-        create_backend(BackendSpec(name="onnx", checkpoint=checkpoints["milesial"], options=stale), to_network_input)
+        create_backend(BackendSpec(name="onnx", checkpoint=checkpoints["milesial"], options=stale),
+                       to_network_input)
 
 
 def test_int8_without_usable_images_fails_with_a_clear_error(checkpoints, tmp_path):
@@ -204,7 +207,8 @@ def dataset(tmp_path_factory) -> Path:
 def _run(dataset: Path, output: Path, checkpoint: str, **changes):
     from pipeline.run import run
 
-    config = RunConfig.create(input=str(dataset), output=str(output), checkpoint=checkpoint, model="milesial", scale=1.0,
+    config = RunConfig.create(input=str(dataset), output=str(output), checkpoint=checkpoint, model="milesial",
+                              scale=1.0,
                        num_cpus_per_actor=0.5, progress=False, report=False, **changes)
     return run(config)
 
@@ -226,7 +230,8 @@ def test_pipeline_onnx_masks_equal_torch_and_int8_is_close(ray_session, dataset,
 
     calls = []
     original = calibration.collect_statistics
-    monkeypatch.setattr(calibration, "collect_statistics", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(calibration, "collect_statistics", lambda *a, **k: calls.append(1) or original(*a,
+                                                                                                       **k))
     first = _run(dataset, tmp_path / "int8-a", checkpoint, backend="onnx", precision="int8", concurrency=2,
                  shard_size=3, calibration_images=4)  # two shards: both actors get work
     assert len(calls) == 1  # once per job, on the driver; two actors share the result

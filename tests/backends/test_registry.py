@@ -99,7 +99,8 @@ def test_a_backend_from_a_test_file_runs_through_the_pipeline(ray_session, tmp_p
     for row in rows:
         image = Image.open(data / "images" / f"{row['id']}.png")
         prepared = processing.prepare(image).image  # (32, 32, 3) uint8
-        expected = np.argmax(prepared, axis=2)  # 2 x the channels; the zero class never wins but ties go first
+        expected = np.argmax(prepared,
+                             axis=2)  # 2 x the channels; the zero class never wins but ties go first
         expected[prepared.max(axis=2) == 0] = 0
         mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
         np.testing.assert_array_equal(mask, expected, err_msg=row["id"])

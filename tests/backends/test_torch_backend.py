@@ -17,7 +17,8 @@ def test_threads_are_set_for_the_backends_life_and_put_back_on_close(tmp_path):
     torch.save(create_model("milesial", base_channels=4).state_dict(), path)
     before = torch.get_num_threads()
     wanted = 1 if before > 1 else 2
-    backend = create_backend(BackendSpec(name="torch", model="milesial", checkpoint=str(path), threads=wanted),
+    backend = create_backend(BackendSpec(name="torch", model="milesial", checkpoint=str(path),
+                                         threads=wanted),
                              to_network_input)
     try:
         assert torch.get_num_threads() == wanted
@@ -31,7 +32,8 @@ def test_threads_are_set_for_the_backends_life_and_put_back_on_close(tmp_path):
 
 def test_a_backend_that_fails_to_build_leaves_threads_alone(tmp_path):
     before = torch.get_num_threads()
-    spec = BackendSpec(name="torch", model="milesial", checkpoint=str(tmp_path / "missing.pth"), threads=before + 1)
+    spec = BackendSpec(name="torch", model="milesial", checkpoint=str(tmp_path / "missing.pth"),
+                       threads=before + 1)
     with pytest.raises(CheckpointError, match="does not exist"):
         create_backend(spec, to_network_input)
     assert torch.get_num_threads() == before

@@ -59,9 +59,11 @@ def backends():
         backend.close()
 
 
-def prepare(vacc_model: str | None, *, batch_size: int = 4, actors_per_die: int = 1, **options) -> BackendSpec:
+def prepare(vacc_model: str | None, *, batch_size: int = 4, actors_per_die: int = 1,
+            **options) -> BackendSpec:
     context = PrepareContext(settings=BackendConfig(vacc_model=vacc_model, actors_per_die=actors_per_die),
-                             to_network_input=to_network_input, sample_images=lambda n: [], cache_dir="unused")
+                             to_network_input=to_network_input, sample_images=lambda n: [],
+                             cache_dir="unused")
     return prepare_backend(BackendSpec(name="vacc", batch_size=batch_size, options=options), context)
 
 
@@ -75,7 +77,8 @@ def images(count: int, size=SIZE, channels: int = 3, seed: int = 0) -> np.ndarra
     return np.random.default_rng(seed).integers(0, 256, (count, *size, channels), dtype=np.uint8)
 
 
-def test_outputs_follow_the_fp16_numerics_in_chunks_of_the_clamped_batch(fake_sdk, compiled, checkpoint, backends):
+def test_outputs_follow_the_fp16_numerics_in_chunks_of_the_clamped_batch(fake_sdk, compiled, checkpoint,
+                                                                         backends):
     backend = open_backend(backends, prepare(compiled.prefix, batch_size=8))
     assert backend.batch_size == 2  # 8 requested, the compiled maximum is 2
     assert (backend.input_size, backend.in_channels, backend.num_classes) == (SIZE, 3, 4)
@@ -121,7 +124,8 @@ def test_wrong_dtype_or_shape_is_rejected_before_the_device(fake_sdk, compiled, 
     assert fake_sdk.fake_run_sync_calls() == []
 
 
-def test_a_die_the_node_lacks_fails_and_releases_its_claim(fake_sdk, compiled, backends, monkeypatch, tmp_path):
+def test_a_die_the_node_lacks_fails_and_releases_its_claim(fake_sdk, compiled, backends, monkeypatch,
+                                                           tmp_path):
     monkeypatch.setenv("VACC_DIE_IDS", "7")
     with pytest.raises(BackendUnavailable, match=r"set_device\(7\) returned -1.*VACC_DIE_IDS"):
         open_backend(backends, prepare(compiled.prefix))
@@ -229,7 +233,8 @@ def test_the_fake_refuses_an_image_made_for_another_die(fake_sdk, compiled):
     with pytest.raises(RuntimeError, match="an image on die 0 for a model on die 1"):
         stream.run_sync([wrong])
     with pytest.raises(ValueError, match="device_id 5 is not a die"):
-        fake_sdk.create_image(np.zeros((3, *SIZE), np.uint8), fake_sdk.ImageFormat.RGB_PLANAR, SIZE[1], SIZE[0], 5)
+        fake_sdk.create_image(np.zeros((3, *SIZE), np.uint8), fake_sdk.ImageFormat.RGB_PLANAR, SIZE[1],
+                              SIZE[0], 5)
 
 
 def test_the_fake_refuses_to_list_cards_before_the_init_call(fake_sdk):
@@ -246,7 +251,8 @@ def test_the_backend_initialises_the_card_before_listing_dies(fake_sdk, compiled
     calls = []
     for name in ("set_device", "get_all_cards", "create_image"):
         original = getattr(fake_sdk, name)
-        monkeypatch.setattr(fake_sdk, name, lambda *a, _f=original, _n=name: calls.append((_n, a[:1])) or _f(*a))
+        monkeypatch.setattr(fake_sdk, name, lambda *a, _f=original, _n=name: calls.append((_n,
+                                                                                           a[:1])) or _f(*a))
     backend = open_backend(backends, prepare(compiled.prefix))
     assert calls[:3] == [("set_device", (0,)), ("get_all_cards", ()), ("set_device", (backend.die_id,))]
     backend.run(images(1))
@@ -289,12 +295,14 @@ def test_greyscale_model_takes_its_plane_replicated_as_rgb_planar(fake_sdk, tmp_
     """As the zoo's one-channel runners do (drrn, vdsr): three equal planes, IimageFormat RGB_PLANAR."""
     grey = make_checkpoint(tmp_path, 1, 1)
     model = compile_fake_vacc_model(grey, tmp_path / "grey", max_batch_size=3)
-    backend = open_backend(backends, prepare(model.prefix))  # no vacc_vdsp_params: the default JSON is written
+    backend = open_backend(backends,
+                           prepare(model.prefix))  # no vacc_vdsp_params: the default JSON is written
     written = json.loads((tmp_path / "cache" / "unet-pipeline" / "vacc" / "vdsp-1x64x64.json").read_text())
     assert written["OpConfig"]["IimageFormat"] == "RGB_PLANAR"
     made = []
     original = fake_sdk.create_image
-    monkeypatch.setattr(fake_sdk, "create_image", lambda a, *rest: made.append(a.copy()) or original(a, *rest))
+    monkeypatch.setattr(fake_sdk, "create_image", lambda a, *rest: made.append(a.copy()) or original(a,
+                                                                                                     *rest))
     batch = images(4, channels=1, seed=2)
     np.testing.assert_array_equal(backend.run(batch), reference_logits(grey, batch))
     assert [m.shape for m in made] == [(3, *SIZE)] * 4

@@ -63,7 +63,8 @@ def _die_holder(ray):
     return DieHolder
 
 
-def test_two_actors_get_distinct_dies_and_a_killed_actors_die_is_claimed_again(ray_session, compiled, tmp_path,
+def test_two_actors_get_distinct_dies_and_a_killed_actors_die_is_claimed_again(ray_session, compiled,
+                                                                               tmp_path,
                                                                                monkeypatch):
     put_fake_sdk_on_path(monkeypatch)  # prepare_backend checks the SDK on the driver
     spec = prepare_backend(
@@ -93,14 +94,16 @@ def _read_masks(output: str) -> tuple[dict, dict[str, np.ndarray]]:
     return metrics, masks
 
 
-def test_score_run_on_fake_vacc_gives_the_masks_and_metrics_the_numerics_imply(ray_session, checkpoint, compiled,
+def test_score_run_on_fake_vacc_gives_the_masks_and_metrics_the_numerics_imply(ray_session, checkpoint,
+                                                                               compiled,
                                                                                 tmp_path, monkeypatch):
     put_fake_sdk_on_path(monkeypatch)
     items = [(f"img{i}", *factories.make_sample_pair(700 + i, SIZES[i])) for i in range(len(SIZES))]
     data = factories.write_pairs(tmp_path / "data", items)
     output = str(tmp_path / "out")
     config = RunConfig.create(
-        command="score", input=str(data), output=output, layout="pairs", model="milesial", checkpoint=checkpoint,
+        command="score", input=str(data), output=output, layout="pairs", model="milesial",
+        checkpoint=checkpoint,
         processing="resize", input_size=(64, 64), backend="vacc", vacc_model=compiled.prefix, batch_size=4,
         shard_size=3, progress=False, report=False,
         backend_options={"vacc_vdsp_params": compiled.vdsp_params, "vacc_lock_dir": str(tmp_path / "locks")})
@@ -128,23 +131,27 @@ def test_score_run_on_fake_vacc_gives_the_masks_and_metrics_the_numerics_imply(r
     assert metrics["backend"]["name"] == "vacc"
 
 
-def test_without_the_sdk_a_vacc_run_fails_before_writing_anything(ray_session, checkpoint, compiled, tmp_path):
+def test_without_the_sdk_a_vacc_run_fails_before_writing_anything(ray_session, checkpoint, compiled,
+                                                                  tmp_path):
     items = [("img0", *factories.make_sample_pair(700, (64, 64)))]
     data = factories.write_pairs(tmp_path / "data", items)
     config = RunConfig.create(command="score", input=str(data), output=str(tmp_path / "out"), layout="pairs",
                        model="milesial", checkpoint=checkpoint, processing="resize", input_size=(64, 64),
                        backend="vacc", vacc_model=compiled.prefix, progress=False, report=False)
-    with pytest.raises(BackendUnavailable, match=r"pip install vaststreamx-.*--backend torch or --backend onnx"):
+    with pytest.raises(BackendUnavailable,
+                       match=r"pip install vaststreamx-.*--backend torch or --backend onnx"):
         run(config)
     assert not (tmp_path / "out" / "masks").exists() and not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_a_cluster_without_a_vacc_resource_is_refused_instead_of_waiting_forever(ray_session, checkpoint, compiled,
+def test_a_cluster_without_a_vacc_resource_is_refused_instead_of_waiting_forever(ray_session, checkpoint,
+                                                                                 compiled,
                                                                                  tmp_path, monkeypatch):
     put_fake_sdk_on_path(monkeypatch)
     resources = ray_session.cluster_resources()
     monkeypatch.setattr(ray_session, "cluster_resources",
-                        lambda: {k: v for k, v in resources.items() if k != "VACC"})  # as a CPU-only local Ray
+                        lambda: {k: v for k,
+                                 v in resources.items() if k != "VACC"})  # as a CPU-only local Ray
     items = [("img0", *factories.make_sample_pair(700, (64, 64)))]
     data = factories.write_pairs(tmp_path / "data", items)
     config = RunConfig.create(command="score", input=str(data), output=str(tmp_path / "out"), layout="pairs",

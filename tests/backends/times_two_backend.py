@@ -1,7 +1,8 @@
 """A backend added from a test file alone: `RunConfig.create(backend="tests.backends.times_two_backend:ENTRY")`.
 
 Its "network" doubles the normalised input and appends zero channels up to the model's classes (MONAI's
-`mult_two` trick), so the masks a run writes are known without any model: the arg-max over the image's channels.
+`mult_two` trick), so the masks a run writes are known without any model: the arg-max over the image's
+channels.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ NUM_CLASSES = 4  # the packaged milesial checkpoint's classes, which the run's p
 class TimesTwoBackend:
     name = "times-two"
 
-    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> None:
+    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput,
+                 s3: S3Options | None = None) -> None:
         self._to_network_input = to_network_input
 
     def run(self, images: np.ndarray) -> np.ndarray:

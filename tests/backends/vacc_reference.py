@@ -1,11 +1,11 @@
 """What the fake VACC runtime must give, computed here from the checkpoint and not with the fake's code.
 
-The fake's documented numerics (tests/fakes/vaststreamx/__init__.py, tests/backends/fake_vamc.py): weights rounded
-to float16 (int8 models: each 4-D weight fake-quantized per output channel first), input x / 255 rounded to
-float16 (a one-channel model: its grey plane), a float32 forward per image on one thread, output rounded to
-float16. int8 models also quantize the input of each convolution per tensor, symmetric int8, with the thresholds
-the fake compiler recorded in the model's sidecar (`activation_thresholds`, read here; pass None to leave the
-activations unquantized).
+The fake's documented numerics (tests/fakes/vaststreamx/__init__.py, tests/backends/fake_vamc.py): weights
+rounded to float16 (int8 models: each 4-D weight fake-quantized per output channel first), input x / 255
+rounded to float16 (a one-channel model: its grey plane), a float32 forward per image on one thread, output
+rounded to float16. int8 models also quantize the input of each convolution per tensor, symmetric int8, with
+the thresholds the fake compiler recorded in the model's sidecar (`activation_thresholds`, read here; pass
+None to leave the activations unquantized).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def _unet_pipeline(*args: str, cwd: Path, env: dict | None = None, timeout: int 
 def tiny_checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(3)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(create_model("milesial", num_classes=4, in_channels=3, base_channels=8, bilinear=False).state_dict(),
+    torch.save(create_model("milesial", num_classes=4, in_channels=3, base_channels=8,
+                            bilinear=False).state_dict(),
                path)
     return str(path)
 
@@ -64,7 +65,8 @@ def test_registry_choices_reach_the_cli():
 def test_run_commands_share_option_names_and_show_examples(command):
     text = CliRunner().invoke(cli, [command, "--help"]).output
     assert "Examples:" in text
-    for option in ("--model", "--checkpoint", "--input", "--layout", "--backend", "--batch-size", "--concurrency",
+    for option in ("--model", "--checkpoint", "--input", "--layout", "--backend", "--batch-size",
+                   "--concurrency",
                    "--processing", "--scale", "--input-size"):
         assert option in text, f"{command} lacks {option}"
     if command != "bench":
@@ -73,7 +75,8 @@ def test_run_commands_share_option_names_and_show_examples(command):
 
 def test_unknown_model_is_a_one_line_error_with_a_suggestion(tmp_path, tiny_checkpoint):
     (tmp_path / "data").mkdir()
-    result = _unet_pipeline("score", "-m", "milesal", "-c", tiny_checkpoint, "-i", str(tmp_path / "data"), "-o",
+    result = _unet_pipeline("score", "-m", "milesal", "-c", tiny_checkpoint, "-i", str(tmp_path / "data"),
+                            "-o",
                             str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

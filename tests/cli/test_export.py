@@ -30,16 +30,20 @@ ZOO_MILESIAL_YAML = {
     "backend": {"type": "tvm_vacc", "dtype": "int8", "compile": {"data_transport_mode": 1},
                 "quantize": {"calibrate_mode": "kl_divergence", "quantize_per_channel": True,
                              "quantize_dsp_ops": ["vacc_upsampling"]}},
-    "dataset": {"type": "tvm", "path": "/path/to/carvana/imgs", "sampler": {"suffix": "jpg", "get_data_num": 50},
-                "process_ops": [{"type": "DecodeImage", "cv2_flags": 1}, {"type": "Resize", "size": [512, 512]},
+    "dataset": {"type": "tvm", "path": "/path/to/carvana/imgs", "sampler": {"suffix": "jpg",
+                                                                            "get_data_num": 50},
+                "process_ops": [{"type": "DecodeImage", "cv2_flags": 1}, {"type": "Resize", "size": [512,
+                                                                                                     512]},
                                 {"type": "Normalize", "norm_type": None}, {"type": "ToTensor"}]},
     "workspace": {"path": "./deploy_weights/"},
 }
 # ... and build_in/vdsp_params/milesial-unet_scale0.5-vdsp_params.json.
 ZOO_MILESIAL_VDSP = {"OpType": "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR", "OpConfig": {
-    "IimageFormat": "RGB_PLANAR", "IimageWidth": 512, "IimageHeight": 512, "OimageWidth": 512, "OimageHeight": 512,
+    "IimageFormat": "RGB_PLANAR", "IimageWidth": 512, "IimageHeight": 512, "OimageWidth": 512,
+    "OimageHeight": 512,
     "IimageWidthPitch": 512, "IimageHeightPitch": 512, "Mean": [0.485107421875, 0.4560546875, 0.406005859375],
-    "Std": [0.22900390625, 0.2239990234375, 0.2249755859375], "NormaType": "DIV255", "ColorCvtCode": "NO_CHANGE",
+    "Std": [0.22900390625, 0.2239990234375, 0.2249755859375], "NormaType": "DIV255",
+    "ColorCvtCode": "NO_CHANGE",
     "ResizeType": "BILINEAR_CV"}}
 
 
@@ -56,7 +60,8 @@ def _export(*args: str) -> str:
     return result.output
 
 
-def _run_against_torch(onnx_path: Path, checkpoint: str, model: str, shape: tuple[int, int, int]) -> onnx.ModelProto:
+def _run_against_torch(onnx_path: Path, checkpoint: str, model: str, shape: tuple[int, int,
+                                                                                  int]) -> onnx.ModelProto:
     """The file is static (1, C, H, W), opset 11, without shape computation, and equals torch."""
     loaded = load_model(model, checkpoint)
     exported = onnx.load(str(onnx_path))
@@ -64,7 +69,8 @@ def _run_against_torch(onnx_path: Path, checkpoint: str, model: str, shape: tupl
     assert static_graph_problems(exported) == []
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].shape == [1, *shape]  # vamc compiles one shape, as the zoo's frontend.shape
+    assert session.get_inputs()[0].shape == [1,
+                                             *shape]  # vamc compiles one shape, as the zoo's frontend.shape
     got = session.run(None, {"input": x})[0]
     with torch.no_grad():
         expected = loaded.module(torch.from_numpy(x)).numpy()
@@ -117,7 +123,8 @@ def test_static_export_of_every_family_equals_torch(tmp_path, name, config, size
         n.op_type for n in model.graph.node}
     channels = int(loaded.module.in_channels)
     x = np.random.default_rng(1).random((1, channels, *size), dtype=np.float32)
-    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    got = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"input": x})
     with torch.no_grad():
         expected = loaded.module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got[0], expected, atol=2e-5 * max(1.0, np.abs(expected).max()))
@@ -125,7 +132,8 @@ def test_static_export_of_every_family_equals_torch(tmp_path, name, config, size
 
 def test_int8_export_differs_from_the_zoo_files_only_in_paths_names_sizes_and_calibration(tmp_path,
                                                                                           calibration_folder):
-    checkpoint = write_deterministic_checkpoint(tmp_path / "m.pth", "milesial", num_classes=4, base_channels=8)
+    checkpoint = write_deterministic_checkpoint(tmp_path / "m.pth", "milesial", num_classes=4,
+                                                base_channels=8)
     output = _export("-c", checkpoint, "--input-size", "96x128", "--calibration", "kl_tensorrt",
                      "--calibration-data", str(calibration_folder), "--calibration-images", "3",
                      "--out", str(tmp_path / "export"))
@@ -147,7 +155,8 @@ def test_int8_export_differs_from_the_zoo_files_only_in_paths_names_sizes_and_ca
 
 
 def test_get_data_num_is_the_number_of_images_really_there(tmp_path, calibration_folder):
-    checkpoint = write_deterministic_checkpoint(tmp_path / "m.pth", "milesial", num_classes=4, base_channels=8)
+    checkpoint = write_deterministic_checkpoint(tmp_path / "m.pth", "milesial", num_classes=4,
+                                                base_channels=8)
     (calibration_folder.parent / "notes.txt").write_text("not an image")
     output = _export("-c", checkpoint, "--input-size", "64", "--calibration-data", str(calibration_folder),
                      "--out", str(tmp_path / "out"))  # --calibration-images 50 by default
@@ -157,7 +166,8 @@ def test_get_data_num_is_the_number_of_images_really_there(tmp_path, calibration
 
 
 def test_fp16_export_keeps_the_quantize_and_dataset_sections(tmp_path, calibration_folder):
-    checkpoint = write_deterministic_checkpoint(tmp_path / "m.pth", "milesial", num_classes=2, base_channels=8,
+    checkpoint = write_deterministic_checkpoint(tmp_path / "m.pth", "milesial", num_classes=2,
+                                                base_channels=8,
                                                 bilinear=True)
     _export("-c", checkpoint, "--shape", "3x64x64", "--precision", "fp16", "--out", str(tmp_path / "out"))
     name = "milesial-fp16-none-3_64_64-vacc"
@@ -175,7 +185,8 @@ def test_fp16_export_keeps_the_quantize_and_dataset_sections(tmp_path, calibrati
     given = yaml.safe_load((tmp_path / "given" / f"{name}.yaml").read_text())
     assert given["dataset"]["path"] == str(calibration_folder.resolve())
     runner = CliRunner()
-    wrong = runner.invoke(cli, ["export", "-c", checkpoint, "--shape", "1x64x64", "--out", str(tmp_path / "x")])
+    wrong = runner.invoke(cli, ["export", "-c", checkpoint, "--shape", "1x64x64", "--out",
+                                str(tmp_path / "x")])
     assert wrong.exit_code != 0 and "takes 3 input channel(s)" in str(wrong.exception)
     missing = runner.invoke(cli, ["export", "-c", checkpoint, "--out", str(tmp_path / "x")])
     assert missing.exit_code != 0 and "--calibration-data" in missing.output

@@ -45,7 +45,8 @@ def _check_rows(rows: list[dict], model: str, config: dict, shape: tuple[int, in
         metrics = json.loads((Path(row["run"]) / "metrics.json").read_text())
         assert row["model"] == model and row["shape"] == "x".join(map(str, shape))
         assert row["miou"] == metrics["miou"] and row["num_images"] == 4 and row["num_errors"] == 0
-        assert row["params"] == figures["parameters"] and row["gflops"] == pytest.approx(figures["gflops"], abs=1e-3)
+        assert row["params"] == figures["parameters"] and row["gflops"] == pytest.approx(figures["gflops"],
+                                                                                         abs=1e-3)
         assert row["images_per_second"] > 0
         assert metrics["backend"]["precision"] == row["precision"]
         if row["calibration"]:
@@ -65,7 +66,8 @@ def test_table_writes_fp32_fp16_int8_rows(ray_session, tmp_path, monkeypatch):
         "models": [{"model": "milesial", "checkpoint": checkpoint}], "run": {"calibration_images": 4}})
     _check_rows(data["rows"], "milesial", config, (3, 64, 64))
     lines = markdown.strip().splitlines()
-    assert lines[0].startswith("| model | backbone | source | FLOPs (G) | params (M) | mIoU (%) | dataset | shape |")
+    assert lines[0].startswith("| model | backbone | source | FLOPs (G) | params (M) | mIoU (%) | dataset | "
+                               "shape |")
     assert len(lines) == 2 + 4 and "| torch | fp32 |" in lines[2] and lines[2].endswith("| - |")
     assert "| onnx | int8 (kl_pytorch_quantization) |" in lines[4] and "milesial/Pytorch-UNet@a013c80" in lines[4]
     assert "| onnx | int8 (kl_tensorrt) |" in lines[5]
@@ -76,7 +78,8 @@ def test_table_rows_for_one_model_per_family(ray_session, tmp_path, monkeypatch)
     monkeypatch.setenv("UNET_PIPELINE_CACHE", str(tmp_path / "cache"))
     configs = {"milesial": {"num_classes": 4, "in_channels": 3, "base_channels": 8, "bilinear": False},
                "bubbliiiing-vgg16": {"num_classes": 4, "in_channels": 3}, "zhixuhao": {"in_channels": 1}}
-    models = [{"model": name, "checkpoint": write_deterministic_checkpoint(tmp_path / f"{name}.pth", name, **cfg)}
+    models = [{"model": name, "checkpoint": write_deterministic_checkpoint(tmp_path / f"{name}.pth", name,
+                                                                           **cfg)}
               for name, cfg in configs.items()]
     models[2]["input"] = _dataset(tmp_path / "binary", binary=True)  # one foreground class for zhixuhao
     data, _ = _table(tmp_path, {"input": _dataset(tmp_path / "data"), "variants": VARIANTS, "shapes": [64],

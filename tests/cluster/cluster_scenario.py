@@ -2,19 +2,19 @@
 
     python tests/cluster/cluster_scenario.py SETTINGS_JSON   ->   last stdout line: RESULT {json}
 
-It cannot share the pytest process: that one may already hold the session's Ray (`ray_session`), and a process has
-one Ray connection. The test starts this script with its own RAY_TMPDIR; every port here is a free one.
+It cannot share the pytest process: that one may already hold the session's Ray (`ray_session`), and a process
+has one Ray connection. The test starts this script with its own RAY_TMPDIR; every port here is a free one.
 
 Nodes: a head that runs no work (num_cpus=0, like a production head), a CPU node and a node declaring VACC=2.
 
 1. placement: an actor pool asking for the VACC resource the way run.py does for --backend vacc
-   (`resource_share(actors_per_die)` units of `VACC` per actor) lands only on the VACC node; a CPU-only pool too
-   big for one node spreads over both.
+   (`resource_share(actors_per_die)` units of `VACC` per actor) lands only on the VACC node; a CPU-only pool
+   too big for one node spreads over both.
 2. node_loss: a scoring run, clean; then the same run where the node holding the inference actor is killed
    mid-run. Ray restarts the actor on the other node and retries the lost work. The test compares the two.
 
-The driver connects through `pipeline.ray_env.ensure_ray`, as a job's driver does, so the run uses the product's
-Ray settings.
+The driver connects through `pipeline.ray_env.ensure_ray`, as a job's driver does, so the run uses the
+product's Ray settings.
 """
 
 from __future__ import annotations
@@ -130,17 +130,20 @@ def node_loss(cluster: Cluster, settings: dict) -> dict:
 def main(settings: dict) -> dict:
     started = time.time()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": free_port(),
         "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
         "runtime_env_agent_port": free_port()})
     try:
         cpu_node = cluster.add_node(num_cpus=2, dashboard_agent_listen_port=free_port(),
                                     metrics_export_port=free_port(), runtime_env_agent_port=free_port())
-        vacc_node = cluster.add_node(num_cpus=2, resources={"VACC": 2}, dashboard_agent_listen_port=free_port(),
+        vacc_node = cluster.add_node(num_cpus=2, resources={"VACC": 2},
+                                     dashboard_agent_listen_port=free_port(),
                                      metrics_export_port=free_port(), runtime_env_agent_port=free_port())
         cluster.wait_for_nodes()
         ensure_ray(cluster.address, progress=False)
-        result = {"nodes": {"head": cluster.head_node.node_id, "cpu": cpu_node.node_id, "vacc": vacc_node.node_id},
+        result = {"nodes": {"head": cluster.head_node.node_id, "cpu": cpu_node.node_id,
+                            "vacc": vacc_node.node_id},
                   "startup_seconds": round(time.time() - started, 1)}
         if "placement" in settings["scenarios"]:
             started = time.time()

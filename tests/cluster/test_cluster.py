@@ -1,9 +1,9 @@
 """A multi-node cluster: accelerator actors land only where VACC is declared, CPU actors spread over nodes, and a
 node lost mid-run (the one holding the inference actor) changes nothing in the results.
 
-The cluster runs in a child process (`cluster_scenario.py`), started once for this module, so it never meets the
-pytest session's Ray. About 60-100 s on 2 cores: three nodes, a clean run and a run that loses a node, whose
-recovery waits for Ray's health checks to declare the node dead.
+The cluster runs in a child process (`cluster_scenario.py`), started once for this module, so it never meets
+the pytest session's Ray. About 60-100 s on 2 cores: three nodes, a clean run and a run that loses a node,
+whose recovery waits for Ray's health checks to declare the node dead.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def _varied_checkpoint(path: Path) -> str:
     """A random milesial UNet whose output layer is scaled up, so its masks follow the image content (several
     classes per image) instead of one class everywhere: a mixed-up or double-counted image changes the metrics."""
     torch.manual_seed(7)
-    state = create_model("milesial", num_classes=4, in_channels=3, base_channels=8, bilinear=False).state_dict()
+    state = create_model("milesial", num_classes=4, in_channels=3, base_channels=8,
+                         bilinear=False).state_dict()
     state["outc.conv.weight"] = state["outc.conv.weight"] * 40
     torch.save(state, path)
     return str(path)
@@ -57,7 +58,8 @@ def cluster_run(tmp_path_factory):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     try:
-        done = subprocess.run([sys.executable, str(SCENARIO), json.dumps(settings)], env=env, capture_output=True,
+        done = subprocess.run([sys.executable, str(SCENARIO), json.dumps(settings)], env=env,
+                              capture_output=True,
                               text=True, timeout=420, start_new_session=True)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -15,7 +15,8 @@ from pipeline.errors import ConfigError
 REQUIRED = {"input": "data", "output": "out", "checkpoint": "unet.pth"}
 # What a reviewer decided changes masks or metrics; the marks on the fields must say the same.
 RESULT_KEYS = {
-    "input", "layout", "split", "image_dir", "mask_dir", "mask_suffix", "image_column", "mask_column", "id_column",
+    "input", "layout", "split", "image_dir", "mask_dir", "mask_suffix", "image_column", "mask_column",
+    "id_column",
     "label_values", "class_names", "limit", "max_pixels", "model", "checkpoint", "model_config", "processing",
     "scale", "input_size", "threshold", "backend", "precision", "backend_options", "calibration",
     "calibration_images", "vacc_model", "format", "png_values",
@@ -32,7 +33,8 @@ def test_flat_keys_are_unique_and_every_field_is_marked():
 def test_result_settings_and_hash_come_from_the_marks():
     config = RunConfig.create(**REQUIRED)
     assert set(config.result_settings()) == RESULT_KEYS | {"command"}
-    assert config.replace(batch_size=9, concurrency=2, output="elsewhere").config_hash() == config.config_hash()
+    assert config.replace(batch_size=9, concurrency=2,
+                          output="elsewhere").config_hash() == config.config_hash()
     assert config.replace(calibration="minmax").config_hash() != config.config_hash()
 
 
@@ -49,7 +51,8 @@ def test_flat_and_sectioned_dicts_build_the_same_config():
 
 
 def test_to_dict_round_trips_through_json():
-    config = RunConfig.create(**REQUIRED, input_size=128, class_names="a,b", backend_options={"channels_last": 0})
+    config = RunConfig.create(**REQUIRED, input_size=128, class_names="a,b",
+                              backend_options={"channels_last": 0})
     again = RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
     assert section_from(config.to_dict(), DataConfig) == config.data

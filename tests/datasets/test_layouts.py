@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from factories import (
-    layout_case, make_sample_pair, samples, write_carvana, write_folder, write_isbi, write_pairs, write_parquet,
+    layout_case, make_sample_pair, samples, write_carvana, write_folder, write_isbi, write_pairs,
+    write_parquet,
     write_voc,
 )
 from pipeline.config import DataConfig

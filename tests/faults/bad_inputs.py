@@ -1,7 +1,7 @@
 """Every kind of bad input the pipeline must record and step over, written into a `pairs` dataset of good images.
 
-`add_bad_inputs(root)` adds the files and returns, per input id, what its one error record must say: the stage,
-which file the message names, and a word of the fix it gives.
+`add_bad_inputs(root)` adds the files and returns, per input id, what its one error record must say: the
+stage, which file the message names, and a word of the fix it gives.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def add_bad_inputs(root: Path) -> dict[str, BadInput]:
     def sample() -> tuple[Image.Image, Image.Image]:
         return make_sample(next(index))
 
-    def bad_image(item_id: str, ext: str, data: bytes, stage: str, fix: str, label: Image.Image | None = None):
+    def bad_image(item_id: str, ext: str, data: bytes, stage: str, fix: str,
+                  label: Image.Image | None = None):
         (images / f"{item_id}{ext}").write_bytes(data)
         (label or sample()[1]).save(masks / f"{item_id}.png")
         expected[item_id] = BadInput(stage, "image", fix)
@@ -64,10 +65,13 @@ def add_bad_inputs(root: Path) -> dict[str, BadInput]:
     bad_image("truncated_png", ".png", png[: len(png) // 2], "decode", "re-download")
     bad_image("truncated_gif", ".gif", gif[: len(gif) // 2], "decode", "re-download")
     bad_image("corrupt_jpeg", ".jpg", _scramble(jpeg, 20, 40), "decode", "re-download")  # broken header
-    bad_image("corrupt_png", ".png", _scramble(png, len(png) // 2), "decode", "re-download")  # broken zlib stream
-    bad_image("corrupt_gif", ".gif", _scramble(gif, len(gif) // 2), "decode", "re-download")  # broken LZW stream
+    bad_image("corrupt_png", ".png", _scramble(png, len(png) // 2), "decode",
+              "re-download")  # broken zlib stream
+    bad_image("corrupt_gif", ".gif", _scramble(gif, len(gif) // 2), "decode",
+              "re-download")  # broken LZW stream
     bad_image("not_an_image", ".jpg", b"name,value\nthis is a CSV file,1\n" * 20, "decode", "remove it")
-    bad_image("html_page", ".png", b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "decode", "remove it")
+    bad_image("html_page", ".png", b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "decode",
+              "remove it")
     # Colour modes milesial's predict.py would feed wrongly (it never converts): refused at preprocessing.
     bad_image("cmyk", ".jpg", _encode(image.convert("CMYK"), "JPEG"), "preprocess", "convert", label)
     grey16 = (np.asarray(image.convert("L"), np.uint16) * 257).astype(np.uint16)
@@ -75,9 +79,11 @@ def add_bad_inputs(root: Path) -> dict[str, BadInput]:
     bad_image("palette", ".png", _encode(image.convert("P"), "PNG"), "preprocess", "convert", label)
     bad_image("rgba", ".png", _encode(image.convert("RGBA"), "PNG"), "preprocess", "convert", label)
     bad_image("grey", ".png", _encode(image.convert("L"), "PNG"), "preprocess", "convert", label)
-    # Above --max-pixels: a genuine large image, and a decompression bomb (5000 x 5000 zeros, a few KB of PNG).
+    # Above --max-pixels: a genuine large image, and a decompression bomb (5000 x 5000 zeros, a few KB of
+    # PNG).
     large = Image.new("RGB", (300, 300), (90, 120, 150))
-    bad_image("too_large", ".png", _encode(large, "PNG"), "decode", "--max-pixels", Image.new("L", (300, 300)))
+    bad_image("too_large", ".png", _encode(large, "PNG"), "decode", "--max-pixels", Image.new("L", (300,
+                                                                                                    300)))
     bad_image("bomb", ".png", _encode(Image.new("L", (5000, 5000)), "PNG"), "decode", "--max-pixels")
     # Labels that do not fit their image or the model.
     image, label = sample()

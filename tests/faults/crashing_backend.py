@@ -3,10 +3,10 @@
 
 It is the torch backend with two faults a test can switch on through `backend_options`:
 
-* `crash_on_sha256` + `crash_marker`: the first batch that holds the image whose network input has this SHA-256
-  kills the actor's process (`os._exit`, no clean-up, as an OOM kill or a segfault would). The marker file, created
-  atomically, makes it happen once per test even though the restarted actor sees the same batch again. With
-  `crash_every_time` the batch kills every actor that runs it (a "poison" input).
+* `crash_on_sha256` + `crash_marker`: the first batch that holds the image whose network input has this
+  SHA-256 kills the actor's process (`os._exit`, no clean-up, as an OOM kill or a segfault would). The marker
+  file, created atomically, makes it happen once per test even though the restarted actor sees the same batch
+  again. With `crash_every_time` the batch kills every actor that runs it (a "poison" input).
 * `seconds_per_batch`: sleep before each batch, so that a run lasts long enough to be interrupted mid-way.
 """
 
@@ -31,7 +31,8 @@ def image_digest(image: np.ndarray) -> str:
 class FaultyBackend:
     name = "faulty-torch"
 
-    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> None:
+    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput,
+                 s3: S3Options | None = None) -> None:
         self._inner = TorchBackend(spec, to_network_input, s3)
         self._crash_on = spec.options.get("crash_on_sha256")
         self._marker = spec.options.get("crash_marker")

@@ -1,9 +1,9 @@
 """An HTTP proxy on 127.0.0.1 that makes an S3 server unreliable: some requests get a 503 SlowDown, some have
 their connection dropped before any answer, the rest are forwarded unchanged.
 
-Which requests fail is decided by a counter (every `every`-th request, alternating 503 and drop), so a run sees the
-same share of faults each time and a retried request almost never fails twice. Requests whose path contains
-`broken` get a 503 every time (an outage of one object, longer than any client's retries).
+Which requests fail is decided by a counter (every `every`-th request, alternating 503 and drop), so a run
+sees the same share of faults each time and a retried request almost never fails twice. Requests whose path
+contains `broken` get a 503 every time (an outage of one object, longer than any client's retries).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class FlakyProxy:
                     return
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",
+                                                                                          "expect")}
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     data = response.read()

@@ -41,7 +41,8 @@ def good_items():
 def base_config(input_uri: str, output: str, checkpoint: str, **changes) -> RunConfig:
     """The settings every fault test scores with (milesial's own processing at scale 1, masks in both formats)."""
     settings = dict(command="score", input=input_uri, output=output, layout="pairs", model="milesial",
-                    checkpoint=checkpoint, processing="upstream", scale=1.0, format="both", shard_size=SHARD_SIZE,
+                    checkpoint=checkpoint, processing="upstream", scale=1.0, format="both",
+                    shard_size=SHARD_SIZE,
                     batch_size=2, progress=False, report=False)
     settings.update(changes)
     return RunConfig.create(**settings)
@@ -101,7 +102,8 @@ def assert_same_results(got: Outputs, reference: Outputs) -> None:
     """Same scores and the same masks, each written once, in Parquet and as PNG."""
     for key in SCORE_KEYS:
         assert got.metrics[key] == reference.metrics[key], key
-    assert np.isclose(got.metrics["dice_per_image_mean"], reference.metrics["dice_per_image_mean"], rtol=1e-12)
+    assert np.isclose(got.metrics["dice_per_image_mean"], reference.metrics["dice_per_image_mean"],
+                      rtol=1e-12)
     got_masks, expected = got.masks(), reference.masks()
     assert sorted(got_masks) == sorted(expected)
     for item_id, mask in expected.items():

@@ -1,8 +1,8 @@
 """Every kind of bad input, mixed into good images: each becomes exactly one error record and nothing else changes.
 
-The same dataset is scored from a local folder and from the S3 server. Each run must finish, give the metrics and
-masks of the good images alone (the clean reference run), and account for every input: processed + errored =
-inputs, with one record per bad input that has the right stage and names the file and the fix.
+The same dataset is scored from a local folder and from the S3 server. Each run must finish, give the metrics
+and masks of the good images alone (the clean reference run), and account for every input: processed + errored
+= inputs, with one record per bad input that has the right stage and names the file and the fix.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def test_max_errors_is_a_count_or_a_fraction(limit, fails):
 def _batch(images: dict[str, bytes]) -> dict[str, np.ndarray]:
     """A source batch (as pipeline.io.source yields it) of unlabelled images."""
     n = len(images)
-    columns = {"shard": list(range(n)), "row": [0] * n, "id": list(images), "source": [f"/in/{k}" for k in images],
+    columns = {"shard": list(range(n)), "row": [0] * n, "id": list(images),
+               "source": [f"/in/{k}" for k in images],
                "label_source": [""] * n, "image": list(images.values()), "label": [None] * n,
                "error_stage": [""] * n, "error_class": [""] * n, "error": [""] * n}
     out = {}
@@ -138,8 +139,8 @@ def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
 def test_modes_are_converted_where_upstream_converts():
     """bubbliiiing's predict path convert('RGB')s every 8-bit mode; a 16-bit greyscale image is refused instead.
 
-    16-bit: Pillow's convert clips values above 255 (nearly every pixel of a real 16-bit image turns white), so
-    converting would score a different picture; the record says to save the image as 8-bit.
+    16-bit: Pillow's convert clips values above 255 (nearly every pixel of a real 16-bit image turns white),
+    so converting would score a different picture; the record says to save the image as 8-bit.
     """
     from pipeline.demo.synthetic import make_sample
 
@@ -150,7 +151,8 @@ def test_modes_are_converted_where_upstream_converts():
                  "rgba": _png(image.convert("RGBA")), "grey": _png(image.convert("L")),
                  "grey_alpha": _png(image.convert("LA"))}
     grey16 = Image.fromarray((np.asarray(image.convert("L"), np.uint16) * 257).astype(np.uint16))
-    out = preprocess_batch(_batch({**converted, "grey16": _png(grey16)}), processing=processing, label_rule=None)
+    out = preprocess_batch(_batch({**converted, "grey16": _png(grey16)}), processing=processing,
+                           label_rule=None)
     for i, item_id in enumerate(out["id"]):
         if item_id == "grey16":
             assert out["error_stage"][i] == "preprocess" and "/in/grey16" in out["error"][i]
@@ -159,5 +161,6 @@ def test_modes_are_converted_where_upstream_converts():
         assert out["error"][i] == "", out["error"][i]
         decoded = Image.open(io.BytesIO(converted[item_id]))
         expected = processing.prepare(decoded.convert("RGB")).image
-        np.testing.assert_array_equal(np.frombuffer(out["net"][i], np.uint8).reshape(expected.shape), expected,
+        np.testing.assert_array_equal(np.frombuffer(out["net"][i], np.uint8).reshape(expected.shape),
+                                      expected,
                                       err_msg=item_id)

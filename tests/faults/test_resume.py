@@ -1,8 +1,8 @@
 """A run whose driver is killed mid-way, then `--resume`d: the same metrics and masks as an uninterrupted run, no
 mask missing or written twice, and the parts committed before the kill are kept, not redone.
 
-The interrupted run is a real `unet-pipeline score` process connected to the test session's Ray cluster, killed
-with SIGKILL (no clean-up of any kind) once some parts are committed and before the run finishes.
+The interrupted run is a real `unet-pipeline score` process connected to the test session's Ray cluster,
+killed with SIGKILL (no clean-up of any kind) once some parts are committed and before the run finishes.
 """
 
 from __future__ import annotations
@@ -100,12 +100,14 @@ def _part(name: str, shard: int, rows: list[int], files: list[str] = ()) -> Part
 def test_a_row_committed_twice_stops_a_resume():
     with pytest.raises(PipelineError, match="part-b commits rows of shard 0"):
         done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [1, 2])], "out")
-    assert done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [2]), _part("part-c", 1, [0])], "out") == {
+    assert done_rows([_part("part-a", 0, [0, 1]), _part("part-b", 0, [2]), _part("part-c", 1, [0])],
+                     "out") == {
         0: {0, 1, 2}, 1: {0}}
 
 
 def test_inputs_without_a_result_or_an_error_fail_the_run():
-    shards = [ShardRef(0, "m0", "items", 2), ShardRef(1, "m1", "items", 2), ShardRef(2, "c.parquet", "container", None)]
+    shards = [ShardRef(0, "m0", "items", 2), ShardRef(1, "m1", "items", 2), ShardRef(2, "c.parquet",
+                                                                                     "container", None)]
     check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0]), _part("c", 1, [1])])
     with pytest.raises(RunFailed, match=r"missing rows shard 1: 1.*--resume"):
         check_every_input_accounted(shards, [_part("a", 0, [0, 1]), _part("b", 1, [0])])
@@ -116,7 +118,8 @@ def test_mask_files_no_part_names_are_removed(tmp_path):
     masks.mkdir()
     for name in ("part-000000-000001.parquet", "part-000001-000001.parquet"):
         (masks / name).write_bytes(b"x")
-    remove_orphan_files(str(tmp_path), [_part("p", 0, [0], [str(masks / "part-000000-000001.parquet")])], None)
+    remove_orphan_files(str(tmp_path), [_part("p", 0, [0], [str(masks / "part-000000-000001.parquet")])],
+                        None)
     assert [p.name for p in masks.iterdir()] == ["part-000000-000001.parquet"]
 
 

@@ -61,7 +61,8 @@ def test_a_checkpoint_with_code_is_refused_and_never_runs(tmp_path, kind):
     else:
         checkpoint.write_bytes(pickle.dumps(payload, protocol=2))
     data = factories.write_pairs(tmp_path / "data", factories.samples(1))
-    result = CliRunner().invoke(cli, ["score", "-c", str(checkpoint), "-i", str(data), "-o", str(tmp_path / "out"),
+    result = CliRunner().invoke(cli, ["score", "-c", str(checkpoint), "-i", str(data), "-o",
+                                      str(tmp_path / "out"),
                                       "--no-progress", "--no-report"])
     assert result.exit_code != 0
     assert "refused without running it" in str(result.exception)
@@ -85,7 +86,8 @@ def _mask_table(ids: list[str]) -> pa.Table:
     """A block as the inference actors hand it to the sink: one 4 x 5 mask and label per id."""
     mask, shape = pack(np.arange(20, dtype=np.uint8).reshape(4, 5) % 3)
     rows = [{"shard": 0, "row": i, "id": item_id, "source": f"in#{i}", "label_source": f"in#{i}", "height": 4,
-             "width": 5, "mask": mask, "mask_shape": shape, "label": mask, "label_shape": shape, "error_stage": "",
+             "width": 5, "mask": mask, "mask_shape": shape, "label": mask, "label_shape": shape,
+             "error_stage": "",
              "error_class": "", "error": ""} for i, item_id in enumerate(ids)]
     return pa.Table.from_pylist(rows)
 
@@ -127,7 +129,8 @@ def test_parquet_ids_cannot_escape_through_a_run(tmp_path, ray_session):
         "mask": [factories.png_bytes(Image.fromarray(classes, "L")) for _, _, classes in items],
     }), root / "part-0.parquet")
     output = tmp_path / "sandbox" / "out"
-    run(base_config(str(root), str(output), make_checkpoint(tmp_path / "m.pth"), layout="parquet", shard_size=32))
+    run(base_config(str(root), str(output), make_checkpoint(tmp_path / "m.pth"), layout="parquet",
+                    shard_size=32))
     outputs = read_outputs(str(output))
     assert outputs.errors == [] and outputs.metrics["num_images"] == len(NASTY_IDS)
     outside = [p for p in (tmp_path / "sandbox").rglob("*") if p.is_file() and output not in p.parents]
@@ -158,18 +161,21 @@ def test_credentials_never_reach_outputs_or_logs(tmp_path, ray_session, s3_serve
     conftest.py); every object the runs wrote, their stdout and stderr and every log of the Ray session are
     searched for all four."""
     secret, token = f"secret-{uuid.uuid4().hex}", f"token-{uuid.uuid4().hex}"
-    canaries = [secret, token, FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], FAKE_CREDENTIALS["AWS_SESSION_TOKEN"]]
+    canaries = [secret, token, FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                FAKE_CREDENTIALS["AWS_SESSION_TOKEN"]]
     bucket = "credentials"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
     data = factories.write_pairs(tmp_path / "data", factories.samples(4, first=850))
     add_bad_inputs(data)
     input_uri = upload_tree(data, bucket, "data", s3_server)
-    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token, "AWS_ENDPOINT_URL": s3_server}
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token,
+           "AWS_ENDPOINT_URL": s3_server}
     program = str(Path(sys.executable).parent / "unet-pipeline")
     address = ray_session.get_runtime_context().gcs_address
     runs = [
         [program, "score", "-m", "milesial", "-c", make_checkpoint(tmp_path / "m.pth"), "-i", input_uri,
-         "-o", f"s3://{bucket}/out", "--scale", "1.0", "--format", "both", "--no-progress", "--max-pixels", "50000",
+         "-o", f"s3://{bucket}/out", "--scale", "1.0", "--format", "both", "--no-progress", "--max-pixels",
+         "50000",
          "--address", address],
         [program, "score", "-c", f"s3://{bucket}/missing.pth", "-i", input_uri, "-o", f"s3://{bucket}/out2"],
     ]

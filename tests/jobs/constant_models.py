@@ -15,7 +15,8 @@ from pipeline.models import create_model
 
 
 def constant_model(path: Path, predicted_class: int) -> str:
-    state = create_model("milesial", num_classes=4, in_channels=3, base_channels=8, bilinear=False).state_dict()
+    state = create_model("milesial", num_classes=4, in_channels=3, base_channels=8,
+                         bilinear=False).state_dict()
     state["outc.conv.weight"] = torch.zeros_like(state["outc.conv.weight"])
     state["outc.conv.bias"] = torch.nn.functional.one_hot(torch.tensor(predicted_class), 4).float() * 10
     torch.save(state, path)

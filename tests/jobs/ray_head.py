@@ -1,9 +1,10 @@
 """A real Ray head for job tests: `ray start --head --block` on 127.0.0.1 with the dashboard and job server.
 
-Separate from the pytest session's Ray (`ray_session`): every port is a free one picked here, and the head keeps its
-files under its own short temporary folder (RAY_TMPDIR), so neither cluster can find or disturb the other. `stop()`
-ends the `ray start --block` process, which takes down everything it started; the process group is killed after
-that as a backstop. `ray stop` is never used: it stops every Ray of this user, the session's and other people's.
+Separate from the pytest session's Ray (`ray_session`): every port is a free one picked here, and the head
+keeps its files under its own short temporary folder (RAY_TMPDIR), so neither cluster can find or disturb the
+other. `stop()` ends the `ray start --block` process, which takes down everything it started; the process
+group is killed after that as a backstop. `ray stop` is never used: it stops every Ray of this user, the
+session's and other people's.
 """
 
 from __future__ import annotations
@@ -40,16 +41,19 @@ class RayHead:
     """One head node; `dashboard_url` is what `ray job submit --address` and JobSubmissionClient take."""
 
     def __init__(self, num_cpus: int = 2) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+        self.temp_dir = tempfile.mkdtemp(prefix="rh",
+                                         dir="/tmp")  # short: Ray's socket paths have a length limit
         self.port = free_port()
         self.dashboard_port = free_port()
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.env = {**os.environ, "RAY_TMPDIR": self.temp_dir, "RAY_AUTH_MODE": "disabled",
-                    "RAY_USAGE_STATS_ENABLED": "0", "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}
+                    "RAY_USAGE_STATS_ENABLED": "0", "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH",
+                                                                                                   "")}
         self.env.pop("RAY_ADDRESS", None)
         self.log_path = os.path.join(self.temp_dir, "ray-start.log")
         ports = {
-            "--port": self.port, "--dashboard-port": self.dashboard_port, "--ray-client-server-port": free_port(),
+            "--port": self.port, "--dashboard-port": self.dashboard_port,
+            "--ray-client-server-port": free_port(),
             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
             "--node-manager-port": free_port(), "--object-manager-port": free_port(),
@@ -97,7 +101,8 @@ class RayHead:
             self.process.poll()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def run_cli(self, *args: str, timeout: float = 300, cwd: str | None = None) -> subprocess.CompletedProcess:
+    def run_cli(self, *args: str, timeout: float = 300,
+                cwd: str | None = None) -> subprocess.CompletedProcess:
         """`ray <args>` against this head (`ray job submit ...`), output captured."""
         env = {**self.env, "RAY_ADDRESS": self.dashboard_url}
         return subprocess.run([os.path.join(VENV_BIN, "ray"), *args], env=env, cwd=cwd, capture_output=True,

@@ -1,6 +1,7 @@
 """Scheduled scoring end to end through the CLI: history lines, the regression gate, re-running a run id.
 
-The models predict one class everywhere (constant_models.py), so the expected IoUs follow from the labels alone.
+The models predict one class everywhere (constant_models.py), so the expected IoUs follow from the labels
+alone.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def test_a_run_over_max_errors_is_recorded_as_failed(scene, ray_session, tmp_pat
     (data / "masks" / "broken.png").write_bytes((data / "masks" / "shape_100000.png").read_bytes())
     history_uri = str(tmp_path / "history.jsonl")
     args = ["score", "-c", scene["background"], "-i", str(data), "-o", str(tmp_path / "runs"), "--history",
-            history_uri, "--run-id", "broken-1", "--max-errors", "0", "--scale", "1", "--no-report", "--no-progress"]
+            history_uri, "--run-id", "broken-1", "--max-errors", "0", "--scale", "1", "--no-report",
+            "--no-progress"]
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 1 and "above --max-errors 0" in capsys.readouterr().err

@@ -27,7 +27,8 @@ def test_run_id_is_utc_time_plus_a_hash_of_what_decides_the_results():
     run_id = new_run_id(BASE, moment)
     assert run_id == f"20261124T020005Z-{BASE.config_hash()}" and len(BASE.config_hash()) == 8
     # Where the run writes or how it is gated does not change the hash; what it computes does.
-    assert BASE.replace(output="s3://b/x", history="h.jsonl", baseline="last-good").config_hash() == BASE.config_hash()
+    assert BASE.replace(output="s3://b/x", history="h.jsonl",
+                        baseline="last-good").config_hash() == BASE.config_hash()
     assert BASE.replace(checkpoint="/models/other.pth").config_hash() != BASE.config_hash()
     for changes_nothing in ({"shard_size": 8}, {"batch_size": 16}, {"concurrency": 3}, {"max_errors": 5}):
         assert BASE.replace(**changes_nothing).config_hash() == BASE.config_hash(), changes_nothing
@@ -87,9 +88,12 @@ def test_last_good_is_the_latest_passed_run_of_the_same_dataset():
     history = [_record("r1", 0.50), _record("r2", 0.60), _record("r3", 0.40, status="failed"),
                _record("r4", 0.90, dataset="/data/other"), _record("r5", 0.55)]
     assert find_baseline(history, "last-good", "r6", "/data/val", "pairs", "h")["run_id"] == "r5"
-    assert find_baseline(history, "last-good", "r5", "/data/val", "pairs", "h")["run_id"] == "r2"  # not itself
-    assert find_baseline(history, "last-good", "x", "/data/new", "pairs", "h") is None  # first run of a dataset
-    assert find_baseline(history, "r3", "r6", "/data/val", "pairs", "h")["run_id"] == "r3"  # named: any status
+    assert find_baseline(history, "last-good", "r5", "/data/val", "pairs",
+                         "h")["run_id"] == "r2"  # not itself
+    assert find_baseline(history, "last-good", "x", "/data/new", "pairs",
+                         "h") is None  # first run of a dataset
+    assert find_baseline(history, "r3", "r6", "/data/val", "pairs",
+                         "h")["run_id"] == "r3"  # named: any status
     with pytest.raises(ConfigError, match="--baseline r9 is not in h .*r5"):
         find_baseline(history, "r9", "r6", "/data/val", "pairs", "h")
 
@@ -99,7 +103,8 @@ def test_gate_fails_beyond_max_drop_and_names_the_classes_that_dropped():
     worse = _record("new", 0.52, per_class={"road": 0.88, "car": 0.36, "sky": 0.32, "tree": 0.5})
     gate = evaluate_gate(worse, baseline, max_drop=0.05)
     assert gate["passed"] is False and gate["baseline_run_id"] == "base" and gate["baseline_miou"] == 0.60
-    assert [(d["class"], round(d["drop"], 6)) for d in gate["dropped_classes"]] == [("car", 0.24), ("road", 0.02)]
+    assert [(d["class"], round(d["drop"], 6)) for d in gate["dropped_classes"]] == [("car", 0.24), ("road",
+                                                                                                    0.02)]
     assert evaluate_gate(worse, baseline, max_drop=0.08)["passed"] is True  # exactly at the limit: passes
     assert evaluate_gate(worse, baseline, max_drop=0.0799)["passed"] is False
     same = evaluate_gate(baseline, baseline, max_drop=0.0)

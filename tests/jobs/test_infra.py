@@ -73,7 +73,8 @@ def _job_commands() -> list[tuple[str, list[str]]]:
 
 def test_every_yaml_file_parses():
     documents = _documents()
-    assert all(docs and all(isinstance(d, dict) for d in docs) for docs in documents.values()), documents.keys()
+    assert all(docs and all(isinstance(d,
+                                       dict) for d in docs) for docs in documents.values()), documents.keys()
 
 
 def test_images_and_versions_match_pyproject():
@@ -88,7 +89,8 @@ def test_images_and_versions_match_pyproject():
     assert len(images) >= 7
     for image in images:
         assert image == PROJECT_IMAGE or SUBMITTER_IMAGE.fullmatch(image), image
-    ray_versions = [value for docs in _documents().values() for key, value in _walk(docs) if key == "rayVersion"]
+    ray_versions = [value for docs in _documents().values() for key,
+                    value in _walk(docs) if key == "rayVersion"]
     assert ray_versions and set(ray_versions) == {_pin("ray")}
     for name, docs in _documents().items():  # a manifest running the project says which Ray and image it expects
         if any(key == "image" and value == PROJECT_IMAGE for key, value in _walk(docs)):

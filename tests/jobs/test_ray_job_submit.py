@@ -1,8 +1,8 @@
 """The scoring job on a real Ray head: `ray job submit --working-dir .` and the Jobs SDK (`jobs/submit.py`).
 
-The head is a separate cluster from the pytest session's Ray (own ports, own RAY_TMPDIR; see ray_head.py) and is
-stopped at the end of the module even when a test fails. About 60-70 s on 2 cores: the head, then two jobs, each
-starting its own driver, Ray Data actors and torch.
+The head is a separate cluster from the pytest session's Ray (own ports, own RAY_TMPDIR; see ray_head.py) and
+is stopped at the end of the module even when a test fails. About 60-70 s on 2 cores: the head, then two jobs,
+each starting its own driver, Ray Data actors and torch.
 """
 
 from __future__ import annotations
@@ -43,14 +43,16 @@ def scene(tmp_path_factory):
 
 
 def _job_args(scene, checkpoint: str, run_id: str, history: str) -> list[str]:
-    return ["-c", scene[checkpoint], "-i", str(scene["data"]), "-o", str(scene["root"] / "runs"), "--run-id", run_id,
+    return ["-c", scene[checkpoint], "-i", str(scene["data"]), "-o", str(scene["root"] / "runs"), "--run-id",
+            run_id,
             "--history", history, "--scale", "1", "--class-names", ",".join(CLASS_NAMES), "--no-report"]
 
 
 def test_ray_job_submit_runs_the_scoring_job_from_the_working_dir(head, scene):
     history = str(scene["root"] / "history.jsonl")
     done = head.run_cli("job", "submit", "--working-dir", ".", "--submission-id", "score-ok", "--",
-                        "python", "jobs/score.py", *_job_args(scene, "background", "job-1", history), cwd=str(ROOT))
+                        "python", "jobs/score.py", *_job_args(scene, "background", "job-1", history),
+                        cwd=str(ROOT))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
     client = JobSubmissionClient(head.dashboard_url)
@@ -73,7 +75,8 @@ def test_sdk_submitted_job_fails_on_the_regression_gate_and_says_why(head, scene
                              "layout": "pairs", "miou": float(np.mean(list(baseline_iou.values()))),
                              "per_class_iou": baseline_iou})
     done = subprocess.run(
-        [sys.executable, "jobs/submit.py", "--address", head.dashboard_url, "--submission-id", "score-drop", "--",
+        [sys.executable, "jobs/submit.py", "--address", head.dashboard_url, "--submission-id", "score-drop",
+         "--",
          *_job_args(scene, "triangle", "job-2", history), "--baseline", "last-good", "--max-drop", "0.05"],
         cwd=str(ROOT), env=head.env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-4000:]

@@ -90,7 +90,8 @@ def test_out_of_range_labels_are_ignored_and_predictions_are_checked():
 def test_dice_matches_its_definitions():
     matrix = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
     scores = scores_from_confusion(matrix)
-    # foreground classes: class 1 -> 2*3/(2*3+1+2) ; class 2 absent -> excluded (NaN) from the summed-matrix mean
+    # foreground classes: class 1 -> 2*3/(2*3+1+2) ; class 2 absent -> excluded (NaN) from the summed-matrix
+    # mean
     assert scores.dice == pytest.approx(6 / 9)
     # milesial per-image rule: absent-from-both scores 1
     assert image_dice(matrix) == pytest.approx(((6 + 1e-6) / (9 + 1e-6) + 1.0) / 2)

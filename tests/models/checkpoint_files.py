@@ -1,7 +1,7 @@
 """Checkpoint files in every format the pipeline reads, written independently of its reader (test data only).
 
-`WRITERS` maps a format name (the `format` a loaded checkpoint records) to (file suffix, writer(state, path)); a
-model family's extra formats (zhixuhao's Keras HDF5) come from its own helper.
+`WRITERS` maps a format name (the `format` a loaded checkpoint records) to (file suffix, writer(state, path));
+a model family's extra formats (zhixuhao's Keras HDF5) come from its own helper.
 """
 
 from __future__ import annotations

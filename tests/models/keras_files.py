@@ -1,8 +1,8 @@
 """Keras HDF5 files in zhixuhao's layout, written with h5py the way Keras saves them (test data only).
 
 Kernels are Keras' (kh, kw, in, out); layers are named as Keras 2 ("keras2": conv2d_1, ...) or tf.keras ("tf":
-conv2d, conv2d_1, ...) names them. `keras_weights_from_state_dict` turns a zhixuhao torch state_dict back into that
-layout, so a model can be saved as the Keras file upstream ships and read again.
+conv2d, conv2d_1, ...) names them. `keras_weights_from_state_dict` turns a zhixuhao torch state_dict back into
+that layout, so a model can be saved as the Keras file upstream ships and read again.
 """
 
 from __future__ import annotations

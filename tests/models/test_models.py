@@ -1,9 +1,9 @@
 """The shared model tester: every entry of `pipeline.models.MODELS` runs these, parametrized over the registry.
 
-Forward on a tiny input, the shape rules (input divisor, input and output channels), the config read back off the
-tensors, and a checkpoint round trip (save -> load_model -> the same tensors and the same logits) in every
-checkpoint format the family is read from. A new family is tested here as soon as it is registered; it needs one
-`ModelCase` in CASES below (a test fails, saying so, until it has one). Per-family details (upstream keys,
+Forward on a tiny input, the shape rules (input divisor, input and output channels), the config read back off
+the tensors, and a checkpoint round trip (save -> load_model -> the same tensors and the same logits) in every
+checkpoint format the family is read from. A new family is tested here as soon as it is registered; it needs
+one `ModelCase` in CASES below (a test fails, saying so, until it has one). Per-family details (upstream keys,
 reference logits, error texts) stay in tests/models/test_<family>.py.
 """
 
@@ -29,9 +29,11 @@ class ModelCase:
     """What the tester needs to know about one family beyond its registry entry.
 
     Attributes:
-        configs: small configs the family supports (tests stay fast; non-default values show that the config is
+        configs: small configs the family supports (tests stay fast; non-default values show that the config
+        is
             read back off the tensors). Each is overlaid on the family's default_config.
-        formats: the checkpoint formats the family is read from (keys of tests/models/checkpoint_files.WRITERS).
+        formats: the checkpoint formats the family is read from (keys of
+        tests/models/checkpoint_files.WRITERS).
     """
 
     configs: tuple[dict[str, Any], ...]
@@ -57,7 +59,8 @@ def family_configs() -> list:
 def family_formats() -> list:
     """(name, config index, checkpoint format) for every registered family, config and format of its case."""
     return [pytest.param(name, index, fmt, id=f"{name}-{index}-{fmt}") for name in MODELS.names()
-            for index in range(len(CASES.get(name, MISSING).configs)) for fmt in CASES.get(name, MISSING).formats]
+            for index in range(len(CASES.get(name, MISSING).configs)) for fmt in CASES.get(name,
+                                                                                           MISSING).formats]
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,9 @@ class Built:
 
 def case_for(name: str) -> ModelCase:
     if name not in CASES:
-        pytest.fail(f"Model family {name!r} is registered in pipeline.models.MODELS but has no ModelCase: add "
-                    f"CASES[{name!r}] = ModelCase(configs=(<a small config>,), formats=(<checkpoint formats it "
-                    "reads>,)) to tests/models/test_models.py.", pytrace=False)
+        pytest.fail(f"Model family {name!r} is registered in pipeline.models.MODELS but has no ModelCase: "
+                    f"add CASES[{name!r}] = ModelCase(configs=(<a small config>,), formats=(<checkpoint "
+                    "formats it reads>,)) to tests/models/test_models.py.", pytrace=False)
     return CASES[name]
 
 

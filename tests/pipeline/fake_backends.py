@@ -1,8 +1,8 @@
 """A test-only inference backend with a known answer, loaded through the `package.module:factory` backend name.
 
-`RedChannelBackend` needs no network: class 1's logit is the image's red channel (the processing's x / 255) and
-class 0's is 0.5, so the mask is `red >= 128` exactly. It records the batch shapes it was given, and raises for
-batches whose images are `spec.options["fail_on_height"]` rows high (a device that fails mid-run).
+`RedChannelBackend` needs no network: class 1's logit is the image's red channel (the processing's x / 255)
+and class 0's is 0.5, so the mask is `red >= 128` exactly. It records the batch shapes it was given, and
+raises for batches whose images are `spec.options["fail_on_height"]` rows high (a device that fails mid-run).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pipeline.io.fs import S3Options
 class RedChannelBackend:
     name = "red-channel"
 
-    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput, s3: S3Options | None = None) -> None:
+    def __init__(self, spec: BackendSpec, to_network_input: ToNetworkInput,
+                 s3: S3Options | None = None) -> None:
         self.calls: list[tuple[int, ...]] = []
         self._to_network_input = to_network_input
         self._fail_on_height = spec.options.get("fail_on_height")

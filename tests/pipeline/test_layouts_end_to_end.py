@@ -1,8 +1,8 @@
 """The real pipeline on a local Ray, for every layout, from a local folder and from S3 (moto on 127.0.0.1).
 
-Each run's outputs are read back: one Parquet row and one PNG per input, each at its image's size, equal to the
-mask an in-process loop over the same model and processing gives; metrics.json's confusion matrix equals an
-independent scikit-learn computation over the labels the test itself wrote.
+Each run's outputs are read back: one Parquet row and one PNG per input, each at its image's size, equal to
+the mask an in-process loop over the same model and processing gives; metrics.json's confusion matrix equals
+an independent scikit-learn computation over the labels the test itself wrote.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def _read_outputs(output: str) -> tuple[dict, dict[str, np.ndarray], dict[str, n
     for page in storage.iter_files(fs.join(output, "png")):
         for uri in page:
             png_masks[fs.stem(uri)] = np.asarray(Image.open(io.BytesIO(storage.read_bytes(uri))))
-    errors = [json.loads(line) for line in storage.read_bytes(fs.join(output, "errors.jsonl")).decode().splitlines()]
+    errors = [json.loads(line) for line in storage.read_bytes(fs.join(output,
+                                                                      "errors.jsonl")).decode().splitlines()]
     return metrics, parquet_masks, png_masks, errors
 
 
@@ -106,7 +107,8 @@ def _score_and_check(layout: str, input_uri: str, output: str, checkpoints, item
     num_classes = 2 if case.binary else 4
     checkpoint = checkpoints[(case.in_channels, num_classes)]
     command = "score" if LAYOUTS.get(layout).has_labels else "predict"
-    config = RunConfig.create(command=command, input=input_uri, output=output, layout=layout, model="milesial",
+    config = RunConfig.create(command=command, input=input_uri, output=output, layout=layout,
+                              model="milesial",
                        checkpoint=checkpoint, processing="upstream", scale=1.0, format="both", shard_size=2,
                        batch_size=2, progress=False, report=False)
     result = run(config)

@@ -32,5 +32,6 @@ def test_upstream_png_values(ray_session, tmp_path):
         classes = np.asarray(Image.open(io.BytesIO(row["mask_png"])))  # Parquet keeps class indices
         written = Image.open(tmp_path / "out" / "png" / f"{safe_name(row['id'])}.png")
         assert written.mode == "L"
-        np.testing.assert_array_equal(np.asarray(written), classes.astype(int) * 255 // 4)  # milesial a013c80 mask_to_image
+        np.testing.assert_array_equal(np.asarray(written),
+                                      classes.astype(int) * 255 // 4)  # milesial a013c80 mask_to_image
         np.testing.assert_array_equal(np.asarray(written), np.asarray(processing.upstream_png(classes)))

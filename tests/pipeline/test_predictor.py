@@ -1,8 +1,8 @@
 """`stages.Predictor` called on a hand-built batch dict, without Ray (Ray's pattern: try the UDF on a batch).
 
-Rows of two network shapes are grouped by shape and chunked by the batch size; a row that failed upstream passes
-through untouched; a backend that raises fails only the rows of that forward call, as an inference error; a
-post-processing error fails only its row.
+Rows of two network shapes are grouped by shape and chunked by the batch size; a row that failed upstream
+passes through untouched; a backend that raises fails only the rows of that forward call, as an inference
+error; a post-processing error fails only its row.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _image(index: int, shape: tuple[int, int]) -> np.ndarray:
 def _batch(processing) -> dict[str, np.ndarray]:
     """The columns preprocess_batch hands to the actor, one object array per column."""
     columns: dict[str, list] = {key: [] for key in (
-        "shard", "row", "id", "source", "label_source", "error_stage", "error_class", "error", "height", "width",
+        "shard", "row", "id", "source", "label_source", "error_stage", "error_class", "error", "height",
+        "width",
         "net", "net_shape", "meta", "label", "label_shape")}
     for index, (item_id, shape) in enumerate(ROWS):
         columns["shard"].append(0)
@@ -51,7 +52,8 @@ def _batch(processing) -> dict[str, np.ndarray]:
         meta = {"mode": processing.name, "height": shape[0], "width": shape[1], "net_height": shape[0],
                 "net_width": shape[1]}
         for key, value in (("error_stage", ""), ("error_class", ""), ("error", ""), ("height", shape[0]),
-                           ("width", shape[1]), ("net", net), ("net_shape", net_shape), ("meta", json.dumps(meta)),
+                           ("width", shape[1]), ("net", net), ("net_shape", net_shape), ("meta",
+                                                                                         json.dumps(meta)),
                            ("label", label), ("label_shape", label_shape)):
             columns[key].append(value)
     out = {}
@@ -81,7 +83,8 @@ def test_rows_are_grouped_by_shape_chunked_by_batch_size_and_masked(processing):
     assert set(out) >= {"id", "error", "mask", "mask_shape", "label", "label_shape", "height", "width"}
     assert all(len(column) == len(ROWS) for column in out.values())
     for index, (item_id, shape) in enumerate(ROWS):
-        for key in ("shard", "row", "id", "source", "label_source", "height", "width", "label", "label_shape"):
+        for key in ("shard", "row", "id", "source", "label_source", "height", "width", "label",
+                    "label_shape"):
             assert out[key][index] == batch[key][index], (item_id, key)
         if shape is None:
             continue

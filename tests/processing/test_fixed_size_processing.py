@@ -96,7 +96,8 @@ def test_zhixuhao_greyscale_probabilities_resized_back_and_thresholded():
     classes = proc.finish(probs.astype(np.float32), prepared.meta)
     resized = bilinear(probs, (512, 512))
     assert classes.shape == (512, 512)
-    compare_masks(classes, resized[0] > 0.5, score_margin(resized, threshold=0.5), tolerance=PROBABILITY_NOISE,
+    compare_masks(classes, resized[0] > 0.5, score_margin(resized, threshold=0.5),
+                  tolerance=PROBABILITY_NOISE,
                   unit="probability", what="zhixuhao").check()
     png = proc.upstream_png(classes)
     assert png.mode == "L" and set(np.unique(np.asarray(png))) == {0, 255}

@@ -52,7 +52,8 @@ def test_score_margin():
         score_margin(np.zeros((1, 2, 2)))
 
 
-@pytest.mark.parametrize(("src", "dst"), [((187, 250), (375, 500)), ((60, 40), (25, 33)), ((30, 20), (30, 20))])
+@pytest.mark.parametrize(("src", "dst"), [((187, 250), (375, 500)), ((60, 40), (25, 33)), ((30, 20), (30,
+                                                                                                      20))])
 def test_footprint_covers_every_source_pixel_pil_reads(src, dst):
     rng = np.random.default_rng(0)
     base = rng.integers(20, 200, (2, *src)).astype(np.uint8)
@@ -86,7 +87,8 @@ def test_kernel_noise_gives_only_reachable_near_ties(pinned_case):
     flips = 0
     for seed in range(4):
         noisy = logits + np.random.default_rng(seed).uniform(-3e-6, 3e-6, logits.shape).astype(np.float32)
-        comparison = compare_pinned_masks(proc.finish(noisy, meta), expected, probabilities, what=f"seed {seed}")
+        comparison = compare_pinned_masks(proc.finish(noisy, meta), expected, probabilities,
+                                          what=f"seed {seed}")
         print(comparison.report())
         assert comparison.mismatches == ()
         flips += len(comparison.near_ties)

@@ -94,9 +94,9 @@ MODE_CASES: dict[str, ModeCase] = {
 def built_mode(name: str):
     """The registered processing `name`, built for its MODE_CASES entry (a test fails if it has none)."""
     if name not in MODE_CASES:
-        pytest.fail(f"Processing {name!r} is registered in pipeline.processing.PROCESSINGS but has no ModeCase: "
-                    f"add MODE_CASES[{name!r}] = ModeCase(<family>, <num_classes>, <in_channels>, <options>) to "
-                    "tests/processing/test_processing_api.py.", pytrace=False)
+        pytest.fail(f"Processing {name!r} is registered in pipeline.processing.PROCESSINGS but has no "
+                    f"ModeCase: add MODE_CASES[{name!r}] = ModeCase(<family>, <num_classes>, <in_channels>, "
+                    "<options>) to tests/processing/test_processing_api.py.", pytrace=False)
     case = MODE_CASES[name]
     return create_processing(name, family=MODELS.get(case.family), num_classes=case.num_classes,
                              in_channels=case.in_channels, **case.options)

@@ -1,7 +1,8 @@
 """Checks shared by the report tests: the pictures an HTML report embeds, external references, and a real
 headless Chromium screenshot (Debian's `chromium`; `.ci/run` installs it).
 
-A plain module, not a conftest.py: a second conftest would shadow `from conftest import ...` of tests/conftest.py.
+A plain module, not a conftest.py: a second conftest would shadow `from conftest import ...` of
+tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ _EXTERNAL = [
     re.compile(r"https?://", re.IGNORECASE),
     re.compile(r"""(?:src|href|action|poster|srcset)\s*=\s*["']?\s*//""", re.IGNORECASE),
     re.compile(r"""url\(\s*["']?\s*//""", re.IGNORECASE),
-    re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?!data:|#)[a-z][a-z0-9+.-]*:""", re.IGNORECASE),  # file:, ftp:, s3: ...
+    re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?!data:|#)[a-z][a-z0-9+.-]*:""",
+               re.IGNORECASE),  # file:, ftp:, s3: ...
     re.compile(r"@import", re.IGNORECASE),
 ]
 
@@ -65,7 +67,8 @@ def external_references(page: str) -> list[str]:
 
 def distinct_colours(image: Image.Image) -> int:
     pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-    return len(np.unique(pixels[:, 0].astype(np.int32) << 16 | pixels[:, 1].astype(np.int32) << 8 | pixels[:, 2]))
+    return len(np.unique(pixels[:, 0].astype(np.int32) << 16 | pixels[:, 1].astype(np.int32) << 8 | pixels[:,
+                                                                                                           2]))
 
 
 def chromium_path() -> str:

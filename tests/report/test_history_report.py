@@ -25,7 +25,8 @@ def _record(index: int, miou: float | None, status: str, per_class: dict | None,
         "finished_at": f"2026-11-{10 + index:02d}T02:05:00+00:00", "status": status, "model": "milesial",
         "checkpoint": "s3://models/unet.pth", "checkpoint_sha256": "ab" * 32, "dataset": "s3://data/shapes",
         "layout": "pairs", "miou": miou, "miou_all_classes": miou, "per_class_iou": per_class,
-        "images_per_second": 40.0 + index, "num_images": 1000, "num_errors": index % 2, "output": f"s3://runs/{index}",
+        "images_per_second": 40.0 + index, "num_images": 1000, "num_errors": index % 2,
+        "output": f"s3://runs/{index}",
         "metrics_uri": f"s3://runs/{index}/metrics.json", "gate": gate,
     }
 
@@ -91,7 +92,8 @@ def test_run_table_marks_baseline_failures_and_dropped_classes(history):
     failed = rows[1].split(" | ")
     assert failed[2] == "failed" and failed[3] == "0.4880" and failed[4] == "-0.1740" and failed[5] == "-0.1420"
     assert failed[6] == "disc"
-    assert "gate against baseline" not in markdown.split("## Latest run")[1].split("##")[0]  # run 4 had no gate
+    assert "gate against baseline" not in markdown.split("## Latest "
+                                                         "run")[1].split("##")[0]  # run 4 had no gate
 
 
 def test_weakest_classes_come_from_the_latest_run_with_class_scores():
@@ -106,7 +108,8 @@ def test_chromium_renders_the_history(history, tmp_path):
 
 def test_history_command_and_bad_lines(history, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["report", "--history", str(history / "history.jsonl"), "--out", str(out),
+    result = CliRunner().invoke(cli, ["report", "--history", str(history / "history.jsonl"), "--out",
+                                      str(out),
                                       "--classes", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert (out / "history.html").is_file()

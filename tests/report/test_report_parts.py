@@ -33,7 +33,8 @@ def _png(size=(30, 20), colour=(200, 30, 30)) -> bytes:
 
 def test_text_from_the_data_is_escaped_and_cannot_add_markup():
     hostile = '<script>alert(1)</script><img src="//evil.example/x.png">'
-    page = render_html(Document(hostile, hostile, (Section(hostile, (hostile, Table((hostile,), ((hostile,),)),
+    page = render_html(Document(hostile, hostile, (Section(hostile, (hostile, Table((hostile,), ((hostile,),
+                                                                                                 )),
                                                                      Figure("f", _png(), hostile))),)))
     assert "<script" not in page
     assert [attrs["src"][:22] for attrs, _, _ in embedded_pngs(page)] == ["data:image/png;base64,"]
@@ -60,9 +61,11 @@ def _write_masks(output: Path, files: dict[str, list[tuple[str, float | None]]])
             mask = np.full((6, 8), row % 4, np.uint8)
             masks[item_id] = mask
             out.append({"id": item_id, "source": f"/data/{item_id}.png", "height": 6, "width": 8,
-                        "mask_png": encode_png(mask, num_classes=4), "pixel_accuracy": 0.5, "iou": iou, "dice": 0.5,
+                        "mask_png": encode_png(mask, num_classes=4), "pixel_accuracy": 0.5, "iou": iou,
+                        "dice": 0.5,
                         "confusion": [0] * 16, "model": "milesial", "shard": int(name[-1]), "row": row})
-        pq.write_table(pa.Table.from_pylist(out, schema=MASK_SCHEMA), output / "masks" / f"part-00000{name[-1]}.parquet")
+        pq.write_table(pa.Table.from_pylist(out, schema=MASK_SCHEMA),
+                       output / "masks" / f"part-00000{name[-1]}.parquet")
     return masks
 
 
@@ -74,8 +77,10 @@ def test_worst_choice_across_files_with_ties_and_images_without_iou(tmp_path):
     }
     masks = _write_masks(tmp_path, files)
     selection = select_worst(str(tmp_path), 4)
-    every = [(iou, item_id) for rows in files.values() for item_id, iou in rows if iou is not None and not math.isnan(iou)]
-    assert [r.id for r in selection.ranked] == [item_id for _, item_id in sorted(every)[:4]] == ["g", "c", "d", "h"]
+    every = [(iou, item_id) for rows in files.values() for item_id,
+             iou in rows if iou is not None and not math.isnan(iou)]
+    assert [r.id for r in selection.ranked] == [item_id for _, item_id in sorted(every)[:4]] == ["g", "c",
+                                                                                                 "d", "h"]
     assert (selection.num_ranked, selection.num_unranked) == (6, 2)
     predictions = read_predictions(selection.ranked)
     for predicted in predictions:
@@ -97,7 +102,8 @@ def test_sources_of_a_file_layout_run_come_from_the_manifest(tmp_path):
     data = factories.write_voc(tmp_path / "data", items)
     base = data / "VOCdevkit" / "VOC2012"
     shard = tmp_path / "out" / "_run" / "manifest" / "shard-000000.jsonl"
-    metrics = _fake_run(tmp_path / "out", [{"index": 0, "uri": str(shard), "kind": "items", "size": 3}], "voc",
+    metrics = _fake_run(tmp_path / "out", [{"index": 0, "uri": str(shard), "kind": "items", "size": 3}],
+                        "voc",
                         tuple(f"c{i}" for i in range(21)))
     lines = [[i, str(base / "JPEGImages" / f"{i}.jpg"), str(base / "SegmentationClass" / f"{i}.png")]
              for i, _, _ in items]
@@ -105,7 +111,8 @@ def test_sources_of_a_file_layout_run_come_from_the_manifest(tmp_path):
     shard.write_text("".join(json.dumps(line) + "\n" for line in lines))
     found = RunSources(str(tmp_path / "out"), metrics).lookup([(0, 0), (0, 1), (0, 2)])
     for row in (0, 1):
-        np.testing.assert_array_equal(found[(0, row)].label, items[row][2])  # palette indices = classes, 255 kept
+        np.testing.assert_array_equal(found[(0, row)].label,
+                                      items[row][2])  # palette indices = classes, 255 kept
         assert found[(0, row)].image.size == items[row][1].size and found[(0, row)].problem == ""
     assert found[(0, 2)].label is None and "gone.png does not exist" in found[(0, 2)].problem
     assert found[(0, 2)].image is not None
@@ -150,7 +157,8 @@ def test_confusion_rows_are_divided_by_their_pixels():
     expected = np.array([[0.8, 0.2, 0.0], [np.nan] * 3, [0.25, 0.25, 0.5]])
     np.testing.assert_allclose(row_normalised(matrix), expected)
     many = np.eye(30, dtype=np.int64) * 100 + 1
-    assert Image.open(io.BytesIO(confusion_heatmap(many, [f"class {i}" for i in range(30)]))).size == (1370, 1210)
+    assert Image.open(io.BytesIO(confusion_heatmap(many, [f"class {i}" for i in range(30)]))).size == (1370,
+                                                                                                       1210)
 
 
 def test_a_report_that_fails_warns_instead_of_failing_the_run(tmp_path):
@@ -161,7 +169,8 @@ def test_a_report_that_fails_warns_instead_of_failing_the_run(tmp_path):
 
 
 @pytest.mark.integration
-def test_ranking_a_run_on_s3_fetches_a_small_part_of_its_mask_files(tmp_path, s3_server, s3_bucket, monkeypatch):
+def test_ranking_a_run_on_s3_fetches_a_small_part_of_its_mask_files(tmp_path, s3_server, s3_bucket,
+                                                                    monkeypatch):
     """On S3 only the footer and the three small columns travel, not the encoded masks in between."""
     import s3fs.core
 
@@ -171,7 +180,8 @@ def test_ranking_a_run_on_s3_fetches_a_small_part_of_its_mask_files(tmp_path, s3
     (tmp_path / "run" / "masks").mkdir(parents=True)
     rows = [{"id": f"n{i:02d}", "source": f"/data/n{i:02d}.png", "height": 300, "width": 300,
              "mask_png": encode_png(rng.integers(0, 4, (300, 300), dtype=np.uint8), num_classes=4),
-             "pixel_accuracy": 0.5, "iou": float(rng.random()), "dice": 0.5, "confusion": [0] * 16, "model": "m",
+             "pixel_accuracy": 0.5, "iou": float(rng.random()), "dice": 0.5, "confusion": [0] * 16,
+             "model": "m",
              "shard": 0, "row": i} for i in range(32)]
     path = tmp_path / "run" / "masks" / "part-000000-000001.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=MASK_SCHEMA), path, compression="zstd")

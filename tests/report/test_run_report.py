@@ -29,7 +29,8 @@ pytestmark = pytest.mark.integration
 
 NUM_GOOD = 16
 SHARD_SIZE = 4  # several Parquet files, so the worst images are chosen across files
-THUMBNAIL = (3 * 160 + 2 * 4, 160)  # image | ground truth | prediction, each fitted into 160 x 160, 4 px apart
+THUMBNAIL = (3 * 160 + 2 * 4,
+             160)  # image | ground truth | prediction, each fitted into 160 x 160, 4 px apart
 CAPTION = re.compile(r"<figcaption>(\d+)\. (\S+): IoU (\d\.\d{3})")
 
 
@@ -45,11 +46,14 @@ def scored_run(tmp_path_factory, ray_session) -> Path:
     items[0][1].save(data / "images" / "no_label.png")
     torch.manual_seed(3)
     checkpoint = root / "random.pth"
-    torch.save(create_model("milesial", num_classes=4, in_channels=3, base_channels=8, bilinear=False).state_dict(),
+    torch.save(create_model("milesial", num_classes=4, in_channels=3, base_channels=8,
+                            bilinear=False).state_dict(),
                checkpoint)
     output = root / "out"
-    run(RunConfig.create(command="score", input=str(data), output=str(output), layout="pairs", model="milesial",
-                  checkpoint=str(checkpoint), processing="milesial-a013c80", scale=1.0, class_names=CLASS_NAMES,
+    run(RunConfig.create(command="score", input=str(data), output=str(output), layout="pairs",
+                         model="milesial",
+                  checkpoint=str(checkpoint), processing="milesial-a013c80", scale=1.0,
+                         class_names=CLASS_NAMES,
                   format="both", shard_size=SHARD_SIZE, batch_size=4, progress=False))
     return output
 
@@ -173,7 +177,8 @@ def test_report_of_a_run_on_s3(scored_run, s3_server, s3_bucket):
 
 def test_report_command(scored_run, tmp_path):
     out = tmp_path / "cli"
-    result = CliRunner().invoke(cli, ["report", str(scored_run / "metrics.json"), "--out", str(out), "--worst", "2",
+    result = CliRunner().invoke(cli, ["report", str(scored_run / "metrics.json"), "--out", str(out),
+                                      "--worst", "2",
                                       "--confusion-scale", "log"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"report: {out / 'report.html'}" in result.output

@@ -82,8 +82,8 @@ def create_image(array: np.ndarray, fmt: ImageFormat, width: int, height: int, d
     """Copy a host uint8 image to die `device_id`, from any thread: the zoo's UNet runner creates images in a thread
     that never calls set_device. The image belongs to that die; `Stream.run_sync` refuses it on another.
 
-    Strict: the array must be a C-contiguous uint8 ndarray whose shape fits `fmt`, `width` and `height`, and the
-    die must exist.
+    Strict: the array must be a C-contiguous uint8 ndarray whose shape fits `fmt`, `width` and `height`, and
+    the die must exist.
     """
     if not isinstance(array, np.ndarray):
         raise ValueError(f"create_image(): expected a numpy array, got {type(array).__name__}")

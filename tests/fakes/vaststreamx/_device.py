@@ -56,8 +56,8 @@ def require_device(what: str, device_id: int | None = None) -> int:
         raise RuntimeError(f"{what}: no device is set in thread {threading.current_thread().name!r}; call "
                            "vaststreamx.set_device(die_id) in every thread that uses a die")
     if device_id is not None and current != device_id:
-        raise RuntimeError(f"{what}: this thread's device is {current}, but the object lives on die {device_id}; "
-                           f"call vaststreamx.set_device({device_id}) in this thread first")
+        raise RuntimeError(f"{what}: this thread's device is {current}, but the object lives on die "
+                           f"{device_id}; call vaststreamx.set_device({device_id}) in this thread first")
     return current
 
 
@@ -78,7 +78,8 @@ def get_all_cards() -> list[Card]:
     require_initialised("get_all_cards()")
     ids = sorted(fake_die_ids())
     groups = [ids[i:i + DIES_PER_CARD] for i in range(0, len(ids), DIES_PER_CARD)]
-    return [Card(f"fake-card-{n}", "VA1-16G", tuple(DieInfo(i) for i in group)) for n, group in enumerate(groups)]
+    return [Card(f"fake-card-{n}", "VA1-16G", tuple(DieInfo(i) for i in group)) for n,
+            group in enumerate(groups)]
 
 
 def get_all_cards_count() -> int:

@@ -30,13 +30,14 @@ class Model:
     `batch_size` reads back min(requested, max_batch_size).
 
     int8: the input of every module named in activation_thresholds (each Conv2d and ConvTranspose2d) is
-    fake-quantized per tensor, symmetric int8: x -> clamp(round(x / s), -127, 127) * s with s = T / 127 (float32;
-    round half to even), s = float32(T / 127).
+    fake-quantized per tensor, symmetric int8: x -> clamp(round(x / s), -127, 127) * s with s = T / 127
+    (float32; round half to even), s = float32(T / 127).
     """
 
     def __init__(self, model_prefix: str, batch_size: int = 1, hw_config: str = "") -> None:
         self.device_id = require_device("Model()")
-        missing = [model_prefix + s for s in (".so", ".json", ".params") if not os.path.isfile(model_prefix + s)]
+        missing = [model_prefix + s for s in (".so", ".json",
+                                              ".params") if not os.path.isfile(model_prefix + s)]
         if missing:
             raise RuntimeError(f"Model(): cannot open {', '.join(missing)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -73,8 +74,8 @@ class Model:
         expected = self.input_shape[0][1:]
         if expected[0] == 1 and x.ndim == 3 and x.shape[0] == 3:
             if not (np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2])):
-                raise RuntimeError("a one-channel model got three different planes: feed RGB_PLANAR images with "
-                                   "the grey plane replicated, as the zoo's one-channel runners do")
+                raise RuntimeError("a one-channel model got three different planes: feed RGB_PLANAR images "
+                                   "with the grey plane replicated, as the zoo's one-channel runners do")
             x = x[:1]
         if x.shape != expected or x.dtype != np.float16:
             raise RuntimeError(f"the model takes float16 {expected} inputs, the pre-processing op gave "
@@ -87,7 +88,8 @@ class Model:
         finally:
             torch.set_num_threads(threads)
         if tuple(y.shape) != self.output_shape[0]:
-            raise RuntimeError(f"the network gave {tuple(y.shape)}, the model's output_shape is {self.output_shape[0]}")
+            raise RuntimeError(f"the network gave {tuple(y.shape)}, the model's output_shape is "
+                               f"{self.output_shape[0]}")
         return y.numpy().astype(np.float16)
 
 

@@ -29,7 +29,8 @@ class BuildinOperator:
     @property
     def attributes(self) -> dict[str, int]:
         """Keyed by name: VastStreamX-Samples tests `"IIMAGE_FORMAT" in op.attributes.keys()`."""
-        return {AttrKey.IIMAGE_FORMAT.name: int(self.image_format), AttrKey.RESIZE_WIDTH.name: self.output_size[1],
+        return {AttrKey.IIMAGE_FORMAT.name: int(self.image_format),
+                AttrKey.RESIZE_WIDTH.name: self.output_size[1],
                 AttrKey.RESIZE_HEIGHT.name: self.output_size[0]}
 
     def cast_to_buildin_operator(self) -> BuildinOperator:
@@ -41,8 +42,8 @@ class BuildinOperator:
     def process(self, image: Image) -> np.ndarray:
         """One image -> the model input, (c, H, W) float16 (see the package docstring, "Numerics")."""
         if image.format != self.image_format:
-            raise RuntimeError(f"run_sync(): the pre-processing op takes {self.image_format.name} images, got "
-                               f"{image.format.name}")
+            raise RuntimeError(f"run_sync(): the pre-processing op takes {self.image_format.name} images, "
+                               f"got {image.format.name}")
         pixels = image._array.astype(np.float32)
         if pixels.ndim == 2:  # GRAY
             pixels = pixels[None]

@@ -26,7 +26,8 @@ def fake_reset() -> None:
 class Graph:
     def __init__(self, output_type: GraphOutputType = GraphOutputType.GRAPH_OUTPUT_TYPE_NCHW_DEVICE) -> None:
         if not isinstance(output_type, GraphOutputType):
-            raise TypeError(f"Graph(): output_type must be a vaststreamx.GraphOutputType, got {output_type!r}")
+            raise TypeError("Graph(): output_type must be a vaststreamx.GraphOutputType, got "
+                            f"{output_type!r}")
         self.output_type = output_type
         self.operators: list[BuildinOperator | ModelOperator] = []
 
@@ -42,7 +43,8 @@ class Stream:
 
     def __init__(self, graph: Graph, mode: StreamBalanceMode) -> None:
         if not isinstance(graph, Graph) or not isinstance(mode, StreamBalanceMode):
-            raise TypeError("Stream(graph, mode): expected a vaststreamx.Graph and a vaststreamx.StreamBalanceMode")
+            raise TypeError("Stream(graph, mode): expected a vaststreamx.Graph and a "
+                            "vaststreamx.StreamBalanceMode")
         self.graph = graph
         self.mode = mode
         self._output: ModelOperator | None = None
@@ -55,10 +57,11 @@ class Stream:
 
     def build(self) -> None:
         ops = self.graph.operators
-        shape_ok = (len(ops) == 2 and isinstance(ops[0], BuildinOperator) and isinstance(ops[1], ModelOperator))
+        shape_ok = (len(ops) == 2 and isinstance(ops[0], BuildinOperator) and isinstance(ops[1],
+                                                                                         ModelOperator))
         if not shape_ok:
-            raise RuntimeError("build(): this runtime builds a graph of one pre-processing fusion op followed by "
-                               "one ModelOperator (add_operators(*ops, model_op))")
+            raise RuntimeError("build(): this runtime builds a graph of one pre-processing fusion op "
+                               "followed by one ModelOperator (add_operators(*ops, model_op))")
         if self._output is None:
             raise RuntimeError("build(): no operator output registered (register_operator_output(model_op))")
         self._built = True
@@ -76,7 +79,8 @@ class Stream:
         if not isinstance(inputs, list) or not all(isinstance(i, Image) for i in inputs):
             raise RuntimeError("run_sync(): expected a list of vaststreamx.Image (image mode)")
         if not 1 <= len(inputs) <= model.batch_size:
-            raise RuntimeError(f"run_sync(): {len(inputs)} inputs for a model of batch size {model.batch_size}")
+            raise RuntimeError(f"run_sync(): {len(inputs)} inputs for a model of batch size "
+                               f"{model.batch_size}")
         for image in inputs:
             if image.device_id != model.device_id:
                 raise RuntimeError(f"run_sync(): an image on die {image.device_id} for a model on die "
