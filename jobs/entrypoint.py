@@ -25,12 +25,12 @@ def _header(command: str) -> str:
 
 def run_job(command: str, argv: list[str]) -> NoReturn:
     """Run `unet-pipeline <command> <argv>` with progress lines for the job log, then exit with its status."""
-    from jobs.progress import CommitProgress
     from pipeline.cli import main
     from pipeline.cli.run_commands import RunHooks
+    from pipeline.progress import LineProgress
 
     sys.stdout.reconfigure(line_buffering=True)  # a job log is a file: show each line as it is printed
     sys.stderr.reconfigure(line_buffering=True)
     print(_header(command))
-    main([command, *argv], obj=RunHooks(watch=CommitProgress))  # exits non-zero itself when the run fails
+    main([command, *argv], obj=RunHooks(progress=LineProgress))  # exits non-zero itself when the run fails
     sys.exit(0)

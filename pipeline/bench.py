@@ -107,15 +107,14 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
     processing = run.processing
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as scratch:
         shards = plan_shards(run.layout, config.data.input, run.data, scratch, config.execution.shard_size,
-                             run.s3,
-                             expect_labels=config.scoring, limit=config.data.limit)
-        spec = prepared_backend_spec(run, shards, threads=threads, name=variant.backend,
-                                     precision=variant.precision, options=dict(variant.options))
-        backend = create_backend(spec, processing.to_network_input, run.s3)
+                             run.s3, expect_labels=config.scoring, limit=config.data.limit)
         rows = [row for ref in shards
                 for table in read_shard(ref, run.layout, run.data, config.scoring, run.s3, frozenset(),
                                         config.execution.shard_size)
                 for row in table.to_pylist() if not failed(row["error"])]
+        spec = prepared_backend_spec(run, shards, threads=threads, name=variant.backend,
+                                     precision=variant.precision, options=dict(variant.options))
+    backend = create_backend(spec, processing.to_network_input, run.s3)  # closed below, whatever happens
     scores = ConfusionAccumulator(run.num_classes)
     masks: dict[str, np.ndarray] = {}
     max_pixels = config.data.max_pixels
@@ -181,7 +180,7 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
     main_variant = BackendVariant(config.backend.name, config.backend.precision, dict(config.backend.options))
     loop = bare_loop(first, main_variant, threads)  # before Ray starts: nothing else runs on the machine
     started = time.perf_counter()
-    ensure_ray(config.execution.ray_address, progress=False)
+    ensure_ray(config.execution.ray_address)
     ray_seconds = time.perf_counter() - started
 
     with tempfile.TemporaryDirectory(prefix="unet-bench-out-") as scratch:

@@ -38,7 +38,7 @@ from pipeline.results import RunFailed, RunResult
 LAST_GOOD = "last-good"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 Runner = Callable[[RunConfig], RunResult]
-"""Runs the pipeline into `config.output` (`pipeline.run.run`, with its progress watch bound)."""
+"""Runs the pipeline into `config.output` (`pipeline.run.run`, with its progress display bound)."""
 
 logger = logging.getLogger(__name__)
 

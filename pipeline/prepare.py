@@ -6,7 +6,7 @@ exactly the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +78,9 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     return PreparedRun(config, s3, layout, data, loaded, processing, tuple(class_names), label_rule)
 
 
-def sample_images_from(run: PreparedRun, shards: Sequence[ShardRef]):
-    """`sample_images(n)` for backend calibration: the first n decodable images of the run, preprocessed."""
+def sample_images_from(run: PreparedRun, shards: Iterable[ShardRef]):
+    """`sample_images(n)` for backend calibration: the first n decodable images of the run, preprocessed (the
+    shards may still be being listed: they are read as they come, once)."""
     from pipeline.io.source import read_shard
 
     def sample_images(n: int) -> list[np.ndarray]:
@@ -102,7 +103,7 @@ def sample_images_from(run: PreparedRun, shards: Sequence[ShardRef]):
     return sample_images
 
 
-def prepared_backend_spec(run: PreparedRun, shards: Sequence[ShardRef], *, threads: int,
+def prepared_backend_spec(run: PreparedRun, shards: Iterable[ShardRef], *, threads: int,
                           **overrides: Any) -> BackendSpec:
     """The spec the inference actors build from, after the backend's once-per-job preparation on the driver
     (export, int8 calibration on the run's own images, VACC file checks). `overrides` change spec fields

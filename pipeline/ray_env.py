@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
+}
+# For a Ray this process starts for itself (never for a cluster it joins): no token authentication (a private
+# local Ray with no dashboard; Ray 2.60 would print a warning and write ~/.ray/auth_token), and room for more
+# idle worker processes than CPUs: the inference actors and Ray Data's helper actors count against the default
+# limit (the CPU count), above which Ray kills idle read/preprocess workers and starts new ones for every task.
+LOCAL_RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_num_workers_soft_limit": str(max(16, 4 * (os.cpu_count() or 1))),
 }
 # When a node is lost, calls to the inference actor it held fail at once until Ray notices (health checks, up
 # to ~15 s) and restarts the actor elsewhere. Spacing those retries out (5, 10, 20 s) keeps the few the run
@@ -20,40 +27,42 @@ NODE_LOSS_RETRY_ENV = {
 }
 
 
-def progress_default() -> bool:
-    """Progress bars on an interactive terminal, never in CI or when output is piped."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
-
-
-def ensure_ray(address: str | None = None, *, progress: bool | None = None) -> None:
+def ensure_ray(address: str | None = None) -> None:
     """Initialise Ray once per process.
 
     `address` (or RAY_ADDRESS, which `ray job submit` sets for its jobs) connects to that cluster; with
-    neither, a local Ray is started with this machine's CPUs and no dashboard.
+    neither, a local Ray is started with this machine's CPUs and no dashboard, whose processes all end with this
+    one however it ends (`pipeline.ray_guard`). Call it on the main thread: Ray ties its daemons' lives to the
+    thread that starts them. Ray Data's own progress bars stay off: the run reports its progress itself
+    (`pipeline.progress`), from the parts it commits.
     """
     import ray
 
-    show_progress = progress_default() if progress is None else progress
     if not ray.is_initialized():
         # Read once, when Ray starts or connects: set them only then, not on every call (a process that
         # already runs Ray, a test session or a notebook, keeps its environment).
         for key, value in {**_QUIET_ENV, **NODE_LOSS_RETRY_ENV}.items():
             os.environ.setdefault(key, value)
-        if not show_progress:
-            os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         else:
+            from pipeline import ray_guard
+
+            for key, value in LOCAL_RAY_ENV.items():
+                os.environ.setdefault(key, value)
+            ray_guard.install()
             ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = show_progress
-    ctx.enable_operator_progress_bars = show_progress
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": on purpose
 
 
 def cluster_cpus() -> float:

@@ -5,13 +5,17 @@
   the
   checkpoint's sha256); `--resume` refuses to mix in results made with other ones.
 * Rows that committed parts hold are skipped (`done_rows`); at the end every listed row must be in exactly one
-  part (`check_every_input_accounted`), and a resumed run deletes mask files that no commit record names
-  (`remove_orphan_files`: left by an attempt killed between writing a part and committing it).
+  part (`check_every_input_accounted`), and a resumed run deletes part files that no commit record names
+  (`remove_orphan_files`: left by an attempt killed between writing a part and committing it). Records name
+  their files relative to the output, so a run folder reached through a symlink, copied or moved resumes with
+  every committed file kept; a file is deleted only if it lies in the output's own part folders and no record
+  names it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Sequence
 
@@ -20,8 +24,36 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
 from pipeline.io.commits import PartRecord
 from pipeline.io.manifest import ShardRef
-from pipeline.io.outputs import MASKS, OWN_OUTPUTS, parts_dir, settings_uri
+from pipeline.io.outputs import OWN_OUTPUTS, WRITTEN_FOLDERS, parts_dir, settings_uri
 from pipeline.results import RunFailed
+
+
+def check_writable(output: str, s3: fs.S3Options | None) -> None:
+    """Refuse, before anything runs or is written, a local output this process cannot create or write (a
+    read-only file system, a folder without write permission), with a one-line error naming it. S3 permissions
+    show on the first write (the output lock), with the storage's own message."""
+    if fs.is_s3(output):
+        return
+    existing = output
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if os.path.exists(existing) and not os.path.isdir(existing):
+        raise ConfigError(f"--output {output}: {existing} is a file, not a folder. Pick another --output.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(existing) else "permission denied"
+        where = "" if existing == output else f" (its nearest existing folder {existing} is not writable)"
+        raise ConfigError(f"--output {output} is not writable ({reason}){where}: pick a folder this user can "
+                          "write, or fix its permissions.")
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def clear_outputs(output: str, s3: fs.S3Options | None) -> None:
@@ -80,11 +112,32 @@ def check_every_input_accounted(shards: Sequence[ShardRef], parts: Sequence[Part
             f"{listed}): the pipeline lost them. Run the same command with --resume to redo exactly those.")
 
 
-def remove_orphan_files(output: str, parts: Sequence[PartRecord], s3: fs.S3Options | None) -> None:
-    """Delete mask files no part names: left by an attempt killed between writing a part and committing it."""
+def relative_name(output: str, name: str) -> str:
+    """A record's file name relative to the output (records of older versions hold absolute URIs)."""
+    if fs.is_s3(name) or name.startswith("/"):
+        for base in {output, _resolved(output)}:
+            prefix = base.rstrip("/") + "/"
+            if name.startswith(prefix):
+                return name[len(prefix):]
+        return name  # not inside this output: never matches a file found there, so nothing is kept by mistake
+    return name
+
+
+def remove_orphan_files(output: str, parts: Sequence[PartRecord], s3: fs.S3Options | None) -> int:
+    """Delete the part files no commit record names, left by an attempt killed between writing a part and
+    committing it. Only the output's own part folders are looked at; returns how many files were deleted."""
     storage = fs.storage_for(output, s3)
-    kept = {uri for part in parts for uri in part.files}
-    for page in storage.iter_files(fs.join(output, MASKS)):
-        for uri in page:
-            if uri not in kept:
-                storage.delete(uri)
+    kept = {relative_name(output, name) for part in parts for name in part.files}
+    deleted = 0
+    for folder in WRITTEN_FOLDERS:
+        directory = fs.join(output, folder)
+        for page in storage.iter_files(directory):
+            for uri in page:
+                if f"{folder}/{fs.basename(uri)}" not in kept:
+                    storage.delete(uri)
+                    deleted += 1
+    return deleted
+
+
+def _resolved(output: str) -> str:
+    return output if fs.is_s3(output) else os.path.realpath(output)

@@ -1,49 +1,49 @@
-"""One scoring or prediction run, end to end, in a single streaming Ray Data pass.
+"""One scoring or prediction run, end to end, streaming.
 
-    shards (manifest) -> read bytes (tasks) -> decode + preprocess (tasks) -> infer + post-process (actor
-    pool)
-        -> score + encode + write + commit (sink tasks) -> merged part records -> metrics.json
+    list (thread) -> shards -> read + preprocess (Ray Data tasks) -> inference pool (actors: predict, score,
+        write and commit each part) -> commit records -> merged scores -> metrics.json
 
-Inference runs once per image: the dataset is consumed exactly once, by the sink, and metrics come only from
-the commit records the sink's parts return (never from re-reading or re-running anything). This module
-composes the steps; each lives in its own module: `prepare` (model, processing, layout, backend spec),
-`io.manifest` (listing), `resume` (the commit/resume protocol), `actor_plan`, `stages` (per-batch work),
-`io.sink`, `results`.
+The steps overlap: Ray starts (main thread) while a thread loads the model; the inference actors start (and
+load the model) while the input is still being listed; each wave of listed shards is scored while the next is
+listed; each part is committed by the actor that predicted it, within milliseconds. Inference runs once per image,
+and metrics come only from the commit records (never from re-reading or re-running anything).
+
+This module composes the steps; each lives in its own module: `prepare` (model, processing, layout, backend
+spec), `io.manifest` (listing), `resume` and `io.lock` (the output's protocol), `actor_plan`, `pool` (the actors),
+`stages` (per-batch work), `io.parts` (writing), `results`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import logging
 import os
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import resume
 from pipeline.actor_plan import ActorPlan, plan_actors
-from pipeline.backends import BACKENDS, BackendSpec
+from pipeline.backends import BACKENDS
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
 from pipeline.io.commits import PartRecord, committed_parts
-from pipeline.io.manifest import ShardRef, plan_shards
+from pipeline.io.lock import OutputLock
+from pipeline.io.manifest import Listing, ShardRef
 from pipeline.io.outputs import ERRORS, metrics_name
+from pipeline.io.parts import PartSettings
+from pipeline.pool import INFERENCE_TASK_RETRIES, pool_for, release_unless_kept
 from pipeline.prepare import PreparedRun, prepare_run, prepared_backend_spec
+from pipeline.progress import Progress
 from pipeline.results import RunFailed, RunResult, check_error_limit, run_metrics
+from pipeline.streaming import CommitTimes, ObjectStoreSampler
 
-# A batch whose actor dies (killed, out of memory, a crashing native library) is re-run on a restarted actor
-# up to this many times; Ray's default is forever, which would loop on an input that crashes the process every
-# time.
-INFERENCE_TASK_RETRIES = 3
+__all__ = ["INFERENCE_TASK_RETRIES", "check_no_overlap", "run"]
 
+LISTING_GRACE_SECONDS = 0.5  # a listing done by then is small: the pool is sized to its read tasks
 logger = logging.getLogger(__name__)
-
-ProgressWatch = Callable[[str, list[ShardRef], fs.S3Options | None], contextlib.AbstractContextManager[Any]]
-"""`watch(output, shards, s3)`: a context manager held while the pipeline runs (the Ray jobs log progress with it)."""
 
 
 def check_no_overlap(input_uri: str, output_uri: str) -> None:
@@ -60,113 +60,167 @@ def check_no_overlap(input_uri: str, output_uri: str) -> None:
         )
 
 
-def run(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
+def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run one job (score or predict) into `config.output`, and return its metrics.
 
     Raises RunFailed (carrying the result) when it broke --max-errors, after writing its outputs and metrics.
     Tracked runs (run ids, history, regression gate) go through `pipeline.history.run_tracked`.
     """
+    started = time.time()
+    output = fs.normalize(config.output.uri)
+    check_no_overlap(fs.normalize(config.data.input), output)
+    BACKENDS.get(config.backend.name).check(config.backend, None)  # before Ray starts: a missing SDK, say
+    s3 = config.s3.resolved()
+    resume.check_writable(output, s3)
+    prepared = _prepare_beside_ray(config)  # the checkpoint is checked before anything is written
+    with OutputLock(output, s3):
+        return _run_locked(prepared, progress or Progress(), started)
+
+
+def _prepare_beside_ray(config: RunConfig) -> PreparedRun:
+    """Load the model (a thread) while Ray starts (the main thread, whose life Ray's daemons are tied to)."""
     from pipeline.ray_env import ensure_ray
 
-    started = time.perf_counter()
-    check_no_overlap(fs.normalize(config.data.input), fs.normalize(config.output.uri))
-    prepared = prepare_run(config)
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as worker:
+        prepared = worker.submit(prepare_run, config)
+        ensure_ray(config.execution.ray_address)
+        return prepared.result()
+
+
+def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> RunResult:
     config, s3 = prepared.config, prepared.s3
     output = config.output.uri
-    entry = BACKENDS.get(config.backend.name)
-    entry.check(config.backend, None)  # before a Ray starts: e.g. the VACC SDK is missing
-
-    if not config.execution.resume:
+    execution = config.execution
+    if not execution.resume:
         resume.clear_outputs(output, s3)
-    listing_started = time.perf_counter()
-    shards = plan_shards(prepared.layout, config.data.input, prepared.data, output,
-                         config.execution.shard_size, s3,
-                         reuse=config.execution.resume, expect_labels=config.scoring, limit=config.data.limit)
-    listing_seconds = time.perf_counter() - listing_started
+    listing = Listing(prepared.layout, config.data.input, prepared.data, output, execution.shard_size, s3,
+                      reuse=execution.resume, expect_labels=config.scoring, limit=config.data.limit).start()
     resume.check_resume_settings(config, prepared.loaded.checkpoint.sha256, s3)
-    previous = committed_parts(output, s3) if config.execution.resume else []
+    previous = committed_parts(output, s3) if execution.resume else []
     done = resume.done_rows(previous, output)
+    plan = _plan(prepared, listing, done)
+    spec = prepared_backend_spec(prepared, listing.shards(), threads=plan.threads)
+    pool = pool_for(spec, prepared.processing, s3, plan)
+    _limit_ray_data(plan)
+    times = CommitTimes(started)
+    progress.start()
 
-    ensure_ray(config.execution.ray_address, progress=config.execution.progress)
-    plan = _plan(prepared)
-    spec = prepared_backend_spec(prepared, shards, threads=plan.threads)
+    def committed(parts: list[PartRecord]) -> None:
+        times.add(parts)
+        progress.listed(listing.inputs, listing.done)
+        progress.committed(parts)
+
     pipeline_started = time.perf_counter()
-    new_parts, plan = _execute(prepared, shards, done, plan, spec, watch)
-    pipeline_seconds = time.perf_counter() - pipeline_started
-    return _finish(prepared, shards, previous, new_parts, plan, {
-        "listing_seconds": listing_seconds, "pipeline_seconds": pipeline_seconds,
-        "wall_seconds": time.perf_counter() - started})
+    try:
+        with ObjectStoreSampler() as sampler:
+            new_parts = pool.run(_blocks(prepared, listing, done, plan, progress), _part_settings(prepared),
+                                 committed)
+    except PipelineError:
+        raise
+    except Exception as err:
+        raise RunFailed(
+            f"The pipeline stopped before it finished ({_cause(err)}). Every part committed so far is kept in "
+            f"{output}: fix the cause, then run the same command with --resume to do only the rest.") from err
+    finally:
+        progress.close()
+        release_unless_kept()
+    ended = time.time()
+    timings = {"listing_seconds": listing.seconds, "pipeline_seconds": time.perf_counter() - pipeline_started,
+               "wall_seconds": ended - started}
+    return _finish(prepared, listing, previous, new_parts, plan, timings,
+                   times.summary(ended, sampler.peak))
 
 
-def _plan(prepared: PreparedRun, max_useful: int | None = None) -> ActorPlan:
+def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int]]) -> ActorPlan:
+    """The actor pool: as many actors as the cluster allows, but no more than a small input has read tasks."""
     import ray
+
+    from pipeline.io.source import read_units
 
     config = prepared.config
     entry = BACKENDS.get(config.backend.name)
     cluster = ray.cluster_resources()
     entry.check(config.backend, cluster)
-    return plan_actors(config.execution, config.backend, entry, cluster, max_useful)
+    full = plan_actors(config.execution, config.backend, entry, cluster)
+    if not listing.wait(LISTING_GRACE_SECONDS):
+        return full
+    units = read_units(listing.all(), done, config.execution.batch_size, tail_shards=2 * full.actors)
+    return plan_actors(config.execution, config.backend, entry, cluster, max_useful=max(len(units), 1))
 
 
-def _execute(prepared: PreparedRun, shards: list[ShardRef], done: dict[int, frozenset[int]], plan: ActorPlan,
-             spec: BackendSpec, watch: ProgressWatch | None) -> tuple[list[PartRecord], ActorPlan]:
-    """The streaming pass over every row not yet committed; returns the records of the parts it wrote and the
-    actor pool it used (never larger than the number of read tasks)."""
+def _limit_ray_data(plan: ActorPlan) -> None:
+    """Ray Data plans its read/preprocess tasks within the CPUs the inference actors leave."""
+    import ray
+    from ray.data import DataContext, ExecutionResources
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    left = max(cpus - plan.actors * plan.cpus_per_actor, 0.5)
+    DataContext.get_current().execution_options.resource_limits = ExecutionResources(cpu=left)
+
+
+def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int]], plan: ActorPlan,
+            progress: Progress) -> Iterator[Any]:
+    """Preprocessed blocks (object refs) of every row not yet committed, wave after wave as the listing goes.
+
+    A wave is every shard listed since the previous one; the last wave's last `2 x actors` shards are read in
+    batches, so the end of the run is dealt batch by batch to whichever actor is free.
+    """
     import ray
 
-    from pipeline.io.sink import MaskSink, SinkSettings
-    from pipeline.io.source import ShardDatasource
-    from pipeline.stages import Predictor, preprocess_batch
+    from pipeline.io.source import ShardDatasource, read_units
+    from pipeline.stages import preprocess_batch
 
-    config, s3 = prepared.config, prepared.s3
-    execution = config.execution
-    source = ShardDatasource(shards, prepared.layout, prepared.data, config.scoring, s3, done,
-                             block_rows=execution.shard_size)
-    pending = len(source.get_read_tasks(1))
-    if not pending:
-        return [], plan
-    if pending < plan.actors:
-        plan = dataclasses.replace(_plan(prepared, max_useful=pending),
-                                   threads=plan.threads)  # spec keeps its threads
+    config = prepared.config
+    task_cpus = config.execution.num_cpus_per_task
+    seen = 0
+    while True:
+        wave, finished = listing.new_shards(seen)
+        seen += len(wave)
+        progress.listed(listing.inputs, finished)
+        units = read_units(wave, done, config.execution.batch_size, tail_shards=2 * plan.actors if finished else 0)
+        if units:
+            source = ShardDatasource(units, prepared.layout, prepared.data, config.scoring, prepared.s3)
+            dataset = (
+                ray.data.read_datasource(source, override_num_blocks=len(units), num_cpus=task_cpus)
+                .map_batches(preprocess_batch, batch_size=None, batch_format="numpy", num_cpus=task_cpus,
+                             fn_kwargs={"processing": prepared.processing, "label_rule": prepared.label_rule,
+                                        "max_pixels": prepared.data.max_pixels})
+            )
+            for bundle in dataset.iter_internal_ref_bundles():
+                for entry in bundle.blocks:
+                    yield entry.ref
+        if finished:
+            return
+
+
+def _part_settings(prepared: PreparedRun) -> PartSettings:
+    config = prepared.config
     png_file = None
     if config.output.png_values == "upstream":
-        png_file = prepared.processing.upstream_png_encoder(prepared.loaded.checkpoint.metadata.get("mask_values"))
-    sink = MaskSink(SinkSettings(config.output.uri, config.output.formats, prepared.num_classes,
-                                 config.scoring,
-                                 prepared.loaded.family.name, s3, png_file))
-    task_cpus = execution.num_cpus_per_task
-    dataset = (
-        ray.data.read_datasource(source, override_num_blocks=pending, num_cpus=task_cpus)
-        .map_batches(preprocess_batch, batch_size=None, batch_format="numpy", num_cpus=task_cpus,
-                     fn_kwargs={"processing": prepared.processing, "label_rule": prepared.label_rule,
-                                "max_pixels": prepared.data.max_pixels})
-    )
-    with warnings.catch_warnings():  # Ray 2.60 takes actor retry settings only through **ray_remote_args
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        dataset = dataset.map_batches(
-            Predictor, batch_size=None, batch_format="numpy",
-            fn_constructor_kwargs={"spec": spec, "processing": prepared.processing, "s3": s3},
-            compute=ray.data.ActorPoolStrategy(size=plan.actors), **plan.ray_resources,
-            max_restarts=-1, max_task_retries=INFERENCE_TASK_RETRIES)
-    try:
-        with watch(config.output.uri, shards, s3) if watch else contextlib.nullcontext():
-            dataset.write_datasink(sink, ray_remote_args={"num_cpus": task_cpus})
-    except PipelineError:  # raised on purpose in a task (Ray's error subclasses it): its message says what to do
-        raise
-    except Exception as err:
-        first_line = (str(err).splitlines() or [""])[0][:500]
-        raise RunFailed(
-            f"The pipeline stopped before it finished ({type(err).__name__}: {first_line}). Every part "
-            f"committed so far is kept in {config.output.uri}: fix the cause, then run the same command with "
-            "--resume to do only the rest.") from err
-    return sink.parts, plan
+        mask_values = prepared.loaded.checkpoint.metadata.get("mask_values")
+        png_file = prepared.processing.upstream_png_encoder(mask_values)
+    return PartSettings(config.output.uri, config.output.formats, prepared.num_classes, config.scoring,
+                        prepared.loaded.family.name, prepared.s3, png_file)
 
 
-def _finish(prepared: PreparedRun, shards: Sequence[ShardRef], previous: list[PartRecord],
-            new_parts: list[PartRecord], plan: ActorPlan, timings: dict[str, float]) -> RunResult:
+def _cause(err: BaseException) -> str:
+    """`Type: first line` of the exception a Ray task raised (not Ray's wrapper), e.g. `OSError: [Errno 28] No
+    space left on device: '/out/masks/...'`."""
+    from ray.exceptions import RayTaskError
+
+    inner: BaseException = err
+    if isinstance(err, RayTaskError) and err.cause is not None:
+        inner = err.cause
+    text = (str(inner).splitlines() or [""])[0][:500]
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
+def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord], new_parts: list[PartRecord],
+            plan: ActorPlan, timings: dict[str, float], streaming: dict[str, Any]) -> RunResult:
     """Check, write errors.jsonl, metrics.json and the report, then apply --max-errors."""
     config, s3 = prepared.config, prepared.s3
     output = config.output.uri
+    shards: Sequence[ShardRef] = listing.all()
     parts = previous + new_parts
     resume.check_every_input_accounted(shards, parts)
     if config.execution.resume:
@@ -183,10 +237,10 @@ def _finish(prepared: PreparedRun, shards: Sequence[ShardRef], previous: list[Pa
     metrics["backend"] = {"name": config.backend.name, "device": config.backend.device,
                           "precision": config.backend.precision, "actors": plan.actors,
                           "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size}
+    metrics["listing"] = {"shards": len(shards), "skipped_hidden_files": listing.skipped_hidden}
+    metrics["streaming"] = streaming
     errors = sorted((e for part in parts for e in part.errors), key=lambda e: (e.shard, e.row))
-    fs.write_bytes(fs.join(output, ERRORS),
-                   "".join(json.dumps(e.to_json()) + "\n" for e in errors).encode("utf-8"),
-                   s3)
+    fs.write_bytes(fs.join(output, ERRORS), "".join(json.dumps(e.to_json()) + "\n" for e in errors).encode(), s3)
     metrics_uri = fs.join(output, metrics_name(config.scoring))
     fs.write_bytes(metrics_uri, json.dumps(metrics, indent=2).encode("utf-8"), s3)
     if config.scoring and config.output.report:  # before the error limit: a failed run needs its report most
@@ -197,3 +251,4 @@ def _finish(prepared: PreparedRun, shards: Sequence[ShardRef], previous: list[Pa
     check_error_limit(config.execution.max_errors, metrics["num_inputs"], metrics["num_errors"],
                       metrics["errors_by_stage"], result)
     return result
+

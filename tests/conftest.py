@@ -59,7 +59,7 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False,
                  resources={"VACC": 2},
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT / "tests" / "fakes")}})
-        ensure_ray(progress=False)
+        ensure_ray()
     yield ray
     ray.shutdown()
     restore_session_state(before)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,15 +17,15 @@ from pipeline.cli.options import (
 from pipeline.config import RunConfig
 
 if TYPE_CHECKING:
+    from pipeline.progress import Progress
     from pipeline.results import RunResult
-    from pipeline.run import ProgressWatch  # importing pipeline.run loads Ray Data: only when a run starts
 
 
 @dataclass(frozen=True)
 class RunHooks:
     """What a program embedding the CLI (the Ray job entry points) passes as click's `obj`."""
 
-    watch: ProgressWatch | None = None  # held while the pipeline runs, e.g. to log progress lines
+    progress: Callable[[], Progress] | None = None  # e.g. LineProgress: lines for a job log, whatever the terminal
 
 
 def run_options(func):
@@ -76,22 +77,26 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
         click.echo(f"report: {output.rstrip('/')}/report.html")
 
 
-def execute(config: RunConfig, watch: ProgressWatch | None = None) -> RunResult:
+def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run the pipeline; a tracked run (--run-id / --history) goes through the run history and its gate."""
     from pipeline.history import run_tracked
     from pipeline.run import run
 
     if config.tracking.run_id or config.tracking.history:
-        return run_tracked(config, lambda tracked: run(tracked, watch))
-    return run(config, watch)
+        return run_tracked(config, lambda tracked: run(tracked, progress))
+    return run(config, progress)
 
 
 def _execute(config: RunConfig, as_json: bool) -> None:
     from pipeline.history import RegressionGateFailed
 
+    from pipeline.progress import progress_for
+
     hooks = click.get_current_context().find_object(RunHooks) or RunHooks()
+    enabled = config.execution.progress
+    progress = hooks.progress() if hooks.progress and enabled is not False else progress_for(enabled)
     try:
-        result = execute(config, hooks.watch)
+        result = execute(config, progress)
     except RegressionGateFailed as err:  # the run itself finished: show its metrics before the failure
         _show(err.result.metrics, err.result.output, as_json)
         raise

@@ -37,6 +37,8 @@ class PartRecord:
         files: the files it wrote (mask Parquet part, PNGs).
         committed: False when a row failed because the storage failed: the record is then not written, so that
             `--resume` redoes the part, while this run still counts it.
+        inferred_at, written_at: when its inference ended and when it was committed (Unix seconds; the commit
+            lag is their difference).
     """
 
     part: str
@@ -48,6 +50,8 @@ class PartRecord:
     errors: tuple[ErrorRecord, ...]
     files: tuple[str, ...]
     committed: bool
+    inferred_at: float = 0.0
+    written_at: float = 0.0
 
     @property
     def storage_failures(self) -> int:
@@ -57,15 +61,17 @@ class PartRecord:
         return {"part": self.part, "shard": self.shard, "rows": list(self.rows), "num_ok": self.num_ok,
                 "num_errors": self.num_errors, **self.scores.to_json(),
                 "errors": [e.to_json() for e in self.errors], "files": list(self.files),
-                "committed": self.committed}
+                "committed": self.committed, "inferred_at": round(self.inferred_at, 3),
+                "written_at": round(self.written_at, 3)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PartRecord:
         return cls(part=data["part"], shard=int(data["shard"]), rows=tuple(data["rows"]),
-                   num_ok=int(data["num_ok"]),
-                   num_errors=int(data["num_errors"]), scores=ConfusionAccumulator.from_json(data),
+                   num_ok=int(data["num_ok"]), num_errors=int(data["num_errors"]),
+                   scores=ConfusionAccumulator.from_json(data),
                    errors=tuple(ErrorRecord.from_json(e) for e in data["errors"]), files=tuple(data["files"]),
-                   committed=bool(data.get("committed", True)))
+                   committed=bool(data.get("committed", True)), inferred_at=float(data.get("inferred_at", 0.0)),
+                   written_at=float(data.get("written_at", 0.0)))
 
 
 def record_uri(output: str, part: str) -> str:

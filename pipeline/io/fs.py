@@ -8,17 +8,48 @@ errors or run records. The endpoint and region come from `S3Options`, else from 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError, InputError
 
 S3_SCHEME = "s3://"
+FIRST_PAGE = 100  # listings start with a small page, so the first inputs are known at once, then go full size
+_COUNTS = threading.local()
+
+
+@contextlib.contextmanager
+def count_skipped() -> Iterator[None]:
+    """Within the block, in this thread, listings count the hidden files (names starting with '.') they skip."""
+    previous = getattr(_COUNTS, "hidden", None)
+    _COUNTS.hidden = 0
+    try:
+        yield
+    finally:
+        _COUNTS.hidden = previous
+
+
+def skipped_now() -> int:
+    """Hidden files skipped so far inside this thread's `count_skipped` block."""
+    return int(getattr(_COUNTS, "hidden", None) or 0)
+
+
+def _skip_hidden() -> None:
+    if getattr(_COUNTS, "hidden", None) is not None:
+        _COUNTS.hidden += 1
+
+
+def _page_sizes(page_size: int) -> Iterator[int]:
+    yield min(FIRST_PAGE, page_size)
+    while True:
+        yield page_size
 
 
 @dataclass(frozen=True)
@@ -130,14 +161,23 @@ class LocalStorage:
         if not os.path.isdir(prefix):
             return
         page: list[str] = []
+        sizes = _page_sizes(page_size)
+        size = next(sizes)
         with os.scandir(prefix) as entries:
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_file():
+                if entry.name.startswith("."):
+                    _skip_hidden()
                     continue
+                try:
+                    if not entry.is_file():
+                        continue
+                except OSError:  # a symbolic-link loop, an entry that vanished: the read records it as an error
+                    pass
                 page.append(entry.path)
-                if len(page) >= page_size:
+                if len(page) >= size:
                     yield sorted(page)
                     page = []
+                    size = next(sizes)
         if page:
             yield sorted(page)
 
@@ -172,7 +212,14 @@ class S3Storage:
         return self._fs.exists(self._key(path))
 
     def is_dir(self, path: str) -> bool:
-        return self._fs.isdir(self._key(path))
+        """Whether any key lies under `path/`: one request however many there are (s3fs's `isdir` lists them
+        all first)."""
+        from fsspec.asyn import sync
+
+        bucket, _, key = self._key(path).partition("/")
+        prefix = key.rstrip("/") + "/" if key else ""
+        out = sync(self._fs.loop, self._fs._call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        return bool(out.get("KeyCount") or out.get("Contents") or out.get("CommonPrefixes"))
 
     def size(self, path: str) -> int:
         return int(self._fs.size(self._key(path)))
@@ -216,18 +263,26 @@ class S3Storage:
 
         bucket, _, key = self._key(prefix).partition("/")
         key = key.rstrip("/") + "/" if key else ""
-        kwargs = {"Bucket": bucket, "Prefix": key, "Delimiter": "/", "MaxKeys": page_size}
+        sizes = _page_sizes(page_size)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "Delimiter": "/", "MaxKeys": next(sizes)}
         if start_after:
             kwargs["StartAfter"] = key + start_after
         while True:
             out = sync(self._fs.loop, self._fs._call_s3, "list_objects_v2", **kwargs)
-            page = [f"{S3_SCHEME}{bucket}/{obj['Key']}" for obj in out.get("Contents", [])
-                    if not obj["Key"].endswith("/") and not basename(obj["Key"]).startswith(".")]
+            page = []
+            for obj in out.get("Contents", []):
+                if obj["Key"].endswith("/"):
+                    continue
+                if basename(obj["Key"]).startswith("."):
+                    _skip_hidden()
+                    continue
+                page.append(f"{S3_SCHEME}{bucket}/{obj['Key']}")
             if page:
                 yield page
             if not out.get("IsTruncated"):
                 return
             kwargs["ContinuationToken"] = out["NextContinuationToken"]
+            kwargs["MaxKeys"] = next(sizes)
 
 
 @functools.lru_cache(maxsize=8)

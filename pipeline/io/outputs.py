@@ -9,6 +9,10 @@
       _run/settings.json               what decides the results (checked by --resume)
       _run/manifest/                   the shards of the input (`pipeline.io.manifest`)
       _run/parts/<part>.json           one commit record per written part (`pipeline.io.commits`)
+      _run/images/<part>.parquet       per-image confusion matrices of a scoring run (any --format)
+      _run/lock.json                   who is writing this output now (`pipeline.io.lock`)
+
+Commit records and manifests name these files relative to the output, so a run folder can be moved or copied.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ REPORT_FILES = f"{REPORT_STEM}_files"
 MASKS = "masks"
 PNG = "png"
 RUN_STATE = "_run"
-OWN_OUTPUTS = (RUN_STATE, MASKS, PNG, METRICS, SUMMARY, ERRORS, REPORT_HTML, REPORT_MD, REPORT_FILES)
-"""Everything a run writes into its output: what a fresh (not resumed) run clears first."""
+OWN_OUTPUTS = (f"{RUN_STATE}/manifest", f"{RUN_STATE}/parts", f"{RUN_STATE}/images", f"{RUN_STATE}/settings.json",
+               MASKS, PNG, METRICS, SUMMARY, ERRORS, REPORT_HTML, REPORT_MD, REPORT_FILES)
+"""Everything a run writes into its output, but its lock: what a fresh (not resumed) run clears first."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_STEM = 120
@@ -66,13 +71,29 @@ def parts_dir(output: str) -> str:
     return fs.join(output, RUN_STATE, "parts")
 
 
+IMAGE_STATS = f"{RUN_STATE}/images"
+WRITTEN_FOLDERS = (MASKS, PNG, IMAGE_STATS)
+"""The folders of per-part files: a resume deletes the files there that no commit record names."""
+
+
 def settings_uri(output: str) -> str:
     return fs.join(output, RUN_STATE, "settings.json")
 
 
-def mask_part_uri(output: str, part: str) -> str:
-    return fs.join(output, MASKS, part + ".parquet")
+def mask_part_name(part: str) -> str:
+    """The mask Parquet of a part, relative to the output."""
+    return f"{MASKS}/{part}.parquet"
 
 
-def png_uri(output: str, item_id: str) -> str:
-    return fs.join(output, PNG, safe_name(item_id) + ".png")
+def image_stats_name(part: str) -> str:
+    """The per-image matrices of a part, relative to the output."""
+    return f"{IMAGE_STATS}/{part}.parquet"
+
+
+def png_name(item_id: str) -> str:
+    """The PNG of an input, relative to the output."""
+    return f"{PNG}/{safe_name(item_id)}.png"
+
+
+def lock_uri(output: str) -> str:
+    return fs.join(output, RUN_STATE, "lock.json")

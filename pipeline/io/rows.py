@@ -44,6 +44,11 @@ MASK_SCHEMA = pa.schema([
 ])
 """Rows of the Parquet mask parts (`masks/part-*.parquet`): one per image."""
 
+IMAGE_STATS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("shard", pa.int64()), ("row", pa.int64()), ("confusion", pa.list_(pa.int64())),
+])
+"""Rows of the per-image matrices (`_run/images/part-*.parquet`), written by every scoring run."""
+
 STORAGE_STAGE = "storage"
 """Error stage of a row whose storage failed (network, 5xx) after the client's retries: retried by --resume."""
 

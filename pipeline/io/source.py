@@ -8,8 +8,10 @@ committed by an interrupted run (`--resume`) are skipped.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from ray.data import Datasource, ReadTask
@@ -93,11 +95,15 @@ def _read_item(shard: int, row: int, item: Item, expect_labels: bool, s3: fs.S3O
 
 
 def read_shard(ref: ShardRef, layout: Layout, options: DataConfig, expect_labels: bool,
-               s3: fs.S3Options | None, skip_rows: frozenset[int], block_rows: int) -> Iterator[pa.Table]:
-    """Blocks of at most `block_rows` rows of one shard, rows numbered in a stable order."""
+               s3: fs.S3Options | None, skip_rows: frozenset[int], block_rows: int,
+               only: tuple[int, int] | None = None) -> Iterator[pa.Table]:
+    """Blocks of at most `block_rows` rows of one shard, rows numbered in a stable order; `only` = (first, end):
+    just those rows of a listed shard."""
     rows: list[dict] = []
     if ref.kind == "items":
-        items = [(i, it) for i, it in enumerate(read_items(ref, s3)) if i not in skip_rows]
+        first, end = only or (0, ref.size or 0)
+        items = [(i, it) for i, it in enumerate(read_items(ref, s3))
+                 if i not in skip_rows and (only is None or first <= i < end)]
         workers = _IO_THREADS if any(fs.is_s3(it.image or it.label or "") for _, it in items) else 1
         with ThreadPoolExecutor(workers) as pool:
             futures = [pool.submit(_read_item, ref.index, i, it, expect_labels, s3) for i, it in items]
@@ -131,18 +137,54 @@ def read_shard(ref: ShardRef, layout: Layout, options: DataConfig, expect_labels
         yield pa.Table.from_pylist(rows, schema=SOURCE_SCHEMA)
 
 
-class ShardDatasource(Datasource):
-    """A Datasource over precomputed shards (see `pipeline.io.manifest`)."""
+@dataclass(frozen=True)
+class ReadUnit:
+    """One read task: a shard, or rows [first, end) of a listed shard (`only`), minus the rows committed."""
 
-    def __init__(self, shards: list[ShardRef], layout: Layout, options: DataConfig, expect_labels: bool,
-                 s3: fs.S3Options | None, done_rows: Mapping[int, frozenset[int]] | None = None,
-                 block_rows: int = 64) -> None:
-        self._shards = shards
+    shard: ShardRef
+    skip: frozenset[int] = frozenset()
+    only: tuple[int, int] | None = None
+
+    @property
+    def rows(self) -> int | None:
+        """How many rows it reads (None for a container: unknown before reading)."""
+        if self.shard.size is None:
+            return None
+        first, end = self.only or (0, self.shard.size)
+        return sum(1 for i in range(first, end) if i not in self.skip)
+
+
+def read_units(shards: Sequence[ShardRef], done: Mapping[int, frozenset[int]], chunk_rows: int,
+               tail_shards: int) -> list[ReadUnit]:
+    """The read tasks of `shards`: one per shard, except the last `tail_shards` listed shards, cut into tasks of
+    `chunk_rows` rows so that the end of a run is dealt batch by batch to whichever actor is free (a whole shard
+    on one actor would leave the others idle). Rows committed by an earlier attempt (`done`) are skipped; a shard
+    with nothing left is dropped."""
+    units: list[ReadUnit] = []
+    for position, ref in enumerate(shards):
+        skip = done.get(ref.index, frozenset())
+        if ref.size is not None and len(skip) >= ref.size:
+            continue  # completely committed by an earlier attempt
+        if ref.size is not None and position >= len(shards) - tail_shards and ref.size > chunk_rows:
+            for first in range(0, ref.size, chunk_rows):
+                unit = ReadUnit(ref, skip, (first, min(first + chunk_rows, ref.size)))
+                if unit.rows:
+                    units.append(unit)
+        else:
+            units.append(ReadUnit(ref, skip))
+    return units
+
+
+class ShardDatasource(Datasource):
+    """A Datasource with one read task per `ReadUnit` (see `pipeline.io.manifest` for the shards)."""
+
+    def __init__(self, units: Sequence[ReadUnit], layout: Layout, options: DataConfig, expect_labels: bool,
+                 s3: fs.S3Options | None, block_rows: int = 1 << 30) -> None:
+        self._units = list(units)
         self._layout = layout
         self._options = options
         self._expect_labels = expect_labels
         self._s3 = s3
-        self._done = done_rows or {}
         self._block_rows = block_rows
 
     def get_name(self) -> str:
@@ -152,14 +194,11 @@ class ShardDatasource(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context=None) -> list[ReadTask]:
+                       data_context: Any = None) -> list[ReadTask]:
         tasks = []
-        for ref in self._shards:
-            skip = self._done.get(ref.index, frozenset())
-            if ref.size is not None and len(skip) >= ref.size:
-                continue  # completely committed by an earlier attempt
-            args = (ref, self._layout, self._options, self._expect_labels, self._s3, skip, self._block_rows)
-            metadata = BlockMetadata(num_rows=None if ref.size is None else ref.size - len(skip),
-                                     size_bytes=None, input_files=None, exec_stats=None)
-            tasks.append(ReadTask(functools.partial(read_shard, *args), metadata, schema=SOURCE_SCHEMA))
+        for unit in self._units:
+            read = functools.partial(read_shard, unit.shard, self._layout, self._options, self._expect_labels,
+                                     self._s3, unit.skip, self._block_rows, unit.only)
+            metadata = BlockMetadata(num_rows=unit.rows, size_bytes=None, input_files=None, exec_stats=None)
+            tasks.append(ReadTask(read, metadata, schema=SOURCE_SCHEMA))
         return tasks

@@ -41,7 +41,7 @@ from pipeline.io.outputs import parts_dir  # noqa: E402
 from pipeline.ray_env import ensure_ray  # noqa: E402
 from pipeline.run import run  # noqa: E402
 
-PREDICTOR_ACTOR = "MapWorker(MapBatches(Predictor))"
+PREDICTOR_ACTOR = "InferenceActor"  # pipeline.pool
 
 
 def free_port() -> int:
@@ -141,7 +141,7 @@ def main(settings: dict) -> dict:
                                      dashboard_agent_listen_port=free_port(),
                                      metrics_export_port=free_port(), runtime_env_agent_port=free_port())
         cluster.wait_for_nodes()
-        ensure_ray(cluster.address, progress=False)
+        ensure_ray(cluster.address)
         result = {"nodes": {"head": cluster.head_node.node_id, "cpu": cpu_node.node_id,
                             "vacc": vacc_node.node_id},
                   "startup_seconds": round(time.time() - started, 1)}

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import boto3
 import numpy as np
@@ -30,8 +29,8 @@ from pipeline.cli import cli
 from pipeline.errors import ConfigError
 from pipeline.io import fs
 from pipeline.io.outputs import safe_name
-from pipeline.io.rows import pack
-from pipeline.io.sink import MaskSink, SinkSettings
+from pipeline.io.rows import PREDICTED_COLUMNS, object_column, pack
+from pipeline.io.parts import PartSettings, write_parts
 from pipeline.run import run
 
 NASTY_IDS = [
@@ -82,14 +81,13 @@ def test_distinct_ids_get_distinct_names():
     assert len({safe_name(i) for i in NASTY_IDS}) == len(NASTY_IDS)
 
 
-def _mask_table(ids: list[str]) -> pa.Table:
-    """A block as the inference actors hand it to the sink: one 4 x 5 mask and label per id."""
+def _predicted(ids: list[str]) -> dict[str, np.ndarray]:
+    """A predicted batch as an inference actor hands it to the part writer: one 4 x 5 mask and label per id."""
     mask, shape = pack(np.arange(20, dtype=np.uint8).reshape(4, 5) % 3)
     rows = [{"shard": 0, "row": i, "id": item_id, "source": f"in#{i}", "label_source": f"in#{i}", "height": 4,
              "width": 5, "mask": mask, "mask_shape": shape, "label": mask, "label_shape": shape,
-             "error_stage": "",
-             "error_class": "", "error": ""} for i, item_id in enumerate(ids)]
-    return pa.Table.from_pylist(rows)
+             "error_stage": "", "error_class": "", "error": ""} for i, item_id in enumerate(ids)]
+    return {key: object_column([row[key] for row in rows]) for key in PREDICTED_COLUMNS}
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -100,14 +98,15 @@ def test_the_sink_keeps_every_id_inside_the_output(tmp_path, where, request):
         output = "s3://ids/run/out"
     else:
         output = str(tmp_path / "sandbox" / "out")
-    sink = MaskSink(SinkSettings(output, ("parquet", "png"), 3, True, "milesial", fs.S3Options().resolved()))
-    sink.on_write_complete(SimpleNamespace(write_returns=[sink.write([_mask_table(NASTY_IDS)], None)]))
+    settings = PartSettings(output, ("parquet", "png"), 3, True, "milesial", fs.S3Options().resolved())
+    (part,) = write_parts(settings, _predicted(NASTY_IDS))
 
     written = _written_files(output, where, tmp_path)
     assert all(uri.startswith(output + "/") for uri in written), written
     pngs = sorted(fs.basename(uri) for uri in written if "/png/" in uri)
     assert pngs == sorted(safe_name(i) + ".png" for i in NASTY_IDS)
-    table = pq.read_table(io.BytesIO(fs.read_bytes(sink.parts[0].files[-1])))
+    assert all(not name.startswith("/") and ".." not in name.split("/") for name in part.files)
+    table = pq.read_table(io.BytesIO(fs.read_bytes(fs.join(output, part.files[-2]))))  # [..., masks, stats]
     assert table.column("id").to_pylist() == NASTY_IDS, "the ids themselves are kept, unchanged, in Parquet"
 
 

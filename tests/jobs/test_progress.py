@@ -1,53 +1,49 @@
-"""The progress lines a job prints, computed from commit records (no Ray needed)."""
+"""Progress as a run reports it: lines for job logs and piped output, the same numbers as a terminal bar."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import io
 
-from pipeline.io.commits import PartRecord, write_record
-from pipeline.io.manifest import ShardRef
-from pipeline.io.outputs import part_name
+from pipeline.io.commits import PartRecord
 from pipeline.io.rows import ErrorRecord
 from pipeline.metrics import ConfusionAccumulator
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_progress_module():
-    """jobs/progress.py by path: `jobs` on sys.path may be this test folder (tests/jobs) rather than ROOT/jobs."""
-    spec = importlib.util.spec_from_file_location("job_progress", ROOT / "jobs" / "progress.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from pipeline.progress import BarProgress, LineProgress, Progress, progress_for
 
 
-def _commit(output: Path, shard: int, first_row: int, num_ok: int, num_errors: int) -> None:
-    """Commit a part the way the sink does."""
+def _part(shard: int, first_row: int, num_ok: int, num_errors: int) -> PartRecord:
     rows = tuple(range(first_row, first_row + num_ok + num_errors))
     errors = tuple(ErrorRecord(shard, row, f"id{row}", "src", "", "decode", "InputError", "bad")
                    for row in rows[num_ok:])
-    write_record(str(output), PartRecord(part_name(shard, first_row), shard, rows, num_ok, num_errors,
-                                         ConfusionAccumulator(2), errors, (), True), None)
+    return PartRecord(f"part-{shard}", shard, rows, num_ok, num_errors, ConfusionAccumulator(2), errors, (), True)
 
 
-def test_lines_count_committed_shards_inputs_and_errors(tmp_path):
-    progress = _load_progress_module()
-    shards = [ShardRef(i, f"m{i}", "items", 4) for i in range(3)]
+def test_lines_count_listed_and_committed_inputs():
     lines: list[str] = []
-    with progress.CommitProgress(str(tmp_path), shards, interval=3600, echo=lines.append) as watch:
-        _commit(tmp_path, 0, 0, 3, 1)
-        _commit(tmp_path, 1, 0, 2, 0)  # shard 1 arrives in two parts
-        _commit(tmp_path, 1, 2, 2, 0)
-        middle = watch.line()
-    assert lines[0].startswith("progress: 0/3 shards, 0/12 inputs committed (0 images, 0 errors)")
-    assert middle.startswith("progress: 2/3 shards, 8/12 inputs committed (7 images, 1 errors)")
-    assert lines[-1].startswith("progress: 2/3 shards, 8/12 inputs committed (7 images, 1 errors)")
+    progress = LineProgress(interval=3600, echo=lines.append)
+    progress.start()
+    progress.listed(8, done=False)
+    progress.committed([_part(0, 0, 3, 1)])
+    middle = progress.snapshot().line()
+    progress.listed(12, done=True)
+    progress.committed([_part(1, 0, 2, 0), _part(1, 2, 2, 0)])
+    progress.close()
+    assert lines[0].startswith("progress: 0 of 0+ listed inputs committed (0 images, 0 errors)")
+    assert middle.startswith("progress: 4 of 8+ listed inputs committed (3 images, 1 errors)")
+    assert lines[-1].startswith("progress: 8/12 inputs committed (7 images, 1 errors)") and "ETA" in lines[-1]
 
 
-def test_container_shards_have_no_known_total(tmp_path):
-    progress = _load_progress_module()
-    _commit(tmp_path, 0, -1, 5, 0)
-    line = progress.CommitProgress(str(tmp_path), [ShardRef(0, "a.parquet", "container", None)],
-                                   echo=lambda _: None).line()
-    assert line.startswith("progress: 1/1 shards, 5 inputs committed (5 images, 0 errors)")
+def test_a_bar_shows_the_same_numbers_on_a_terminal():
+    stream = io.StringIO()
+    progress = BarProgress(stream)
+    progress.start()
+    progress.listed(4, done=True)
+    progress.committed([_part(0, 0, 3, 1)])
+    progress.close()
+    text = stream.getvalue()
+    assert "4/4" in text and "1 errors" in text
+
+
+def test_no_progress_shows_nothing_and_piped_output_gets_lines(monkeypatch):
+    assert type(progress_for(False)) is Progress
+    monkeypatch.setenv("CI", "1")
+    assert isinstance(progress_for(None), LineProgress)

@@ -1,0 +1,227 @@
+"""The inference actors of a process, and dealing preprocessed blocks to them.
+
+Each actor owns one device context (`pipeline.stages.Predictor`: a CPU thread pool, a CUDA device, a VACC die).
+It predicts a block, writes and commits the block's parts itself (`pipeline.io.parts`), and returns only the
+small commit records, so masks never wait in Ray's object store and every part is committed within milliseconds
+of its inference.
+
+The pool is the driver's, not one Ray Data execution's:
+
+* it is created as soon as the backend spec is ready (right after Ray starts, while the driver still lists the
+  input), so model loading overlaps listing;
+* inside `keep_pool()` (`bench`, `table`, a notebook running several passes), later runs with the same spec,
+  processing and plan reuse its actors instead of paying their start-up again; otherwise a run releases its
+  actors when it ends, so that a long-lived process never holds CPUs or devices other drivers need;
+* the driver deals blocks pull-style: each block goes to the ready actor with the fewest calls in flight (at most
+  `IN_FLIGHT_PER_ACTOR`), so no actor idles while another has work queued.
+
+An actor that dies (killed, out of memory, a crashing native library) is restarted by Ray and its call re-run up to
+`INFERENCE_TASK_RETRIES` times, spaced by `pipeline.ray_env.NODE_LOSS_RETRY_ENV`; after that the run stops and
+says to `--resume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.actor_plan import ActorPlan
+from pipeline.backends import BackendSpec
+from pipeline.errors import PipelineError
+from pipeline.io.commits import PartRecord
+from pipeline.io.fs import S3Options
+from pipeline.io.parts import PartSettings, write_parts
+
+# A batch whose actor dies is re-run on a restarted actor up to this many times; Ray's default is forever, which
+# would loop on an input that crashes the process every time.
+INFERENCE_TASK_RETRIES = 3
+IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: the actor never waits for the driver between blocks
+
+logger = logging.getLogger(__name__)
+
+OnParts = Callable[[list[PartRecord]], None]
+
+
+class InferenceActor:
+    """What each pool actor runs (wrapped by `ray.remote` in `InferencePool`)."""
+
+    def __init__(self, spec: BackendSpec, processing: Any, s3: S3Options | None) -> None:
+        from pipeline.stages import Predictor
+
+        self._predictor = Predictor(spec, processing, s3)
+
+    def ready(self) -> int:
+        """The actor's process id, once its backend is built."""
+        return os.getpid()
+
+    def process(self, block: Any, settings: PartSettings) -> list[PartRecord]:
+        """Predict one preprocessed block, write and commit its parts, return their records."""
+        from ray.data.block import BlockAccessor
+
+        batch = BlockAccessor.for_block(block).to_batch_format("numpy")
+        return write_parts(settings, self._predictor(batch))
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """What decides whether a pool can serve a run: the same backend spec, processing, S3 options and plan."""
+
+    spec: bytes
+    processing: bytes
+    s3: S3Options | None
+    plan: ActorPlan
+
+    @classmethod
+    def of(cls, spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> PoolKey:
+        return cls(pickle.dumps(spec), pickle.dumps(processing), s3, plan)
+
+
+class InferencePool:
+    """A fixed set of inference actors and the driver-side dealing of blocks to them."""
+
+    def __init__(self, spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> None:
+        import ray
+
+        self.key = PoolKey.of(spec, processing, s3, plan)
+        self.plan = plan
+        self.job_id = ray.get_runtime_context().get_job_id()  # a pool serves the Ray session that made it
+        remote = ray.remote(InferenceActor).options(
+            **plan.ray_resources, max_restarts=-1, max_task_retries=INFERENCE_TASK_RETRIES)
+        self.actors = [remote.remote(spec, processing, s3) for _ in range(plan.actors)]
+        self._not_ready = {actor.ready.remote(): index for index, actor in enumerate(self.actors)}
+        self._ready: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def _check_ready(self, wait: bool) -> None:
+        """Move actors whose backend is built into the ready set; with `wait`, block until one is ready."""
+        import ray
+
+        if not self._not_ready:
+            return
+        if wait and not self._ready:
+            ray.wait(list(self._not_ready), num_returns=1)
+        done, _ = ray.wait(list(self._not_ready), num_returns=len(self._not_ready), timeout=0)
+        for ref in done:
+            index = self._not_ready.pop(ref)
+            _get(ref)  # raises what the actor's constructor raised (a missing SDK, a bad checkpoint, ...)
+            self._ready.add(index)
+
+    def run(self, blocks: Iterable[Any], settings: PartSettings, on_parts: OnParts | None = None,
+            ) -> list[PartRecord]:
+        """Deal every block (object ref) to the pool; returns the records of the parts written, in the order
+        they finished. `on_parts` is called on the driver with each finished call's records."""
+        import ray
+
+        load = [0] * len(self.actors)
+        in_flight: dict[Any, int] = {}
+        records: list[PartRecord] = []
+
+        def collect(block_until_one: bool) -> None:
+            if not in_flight:
+                return
+            done, _ = ray.wait(list(in_flight), num_returns=1 if block_until_one else len(in_flight),
+                               timeout=None if block_until_one else 0)
+            for ref in done:
+                load[in_flight.pop(ref)] -= 1
+                parts = _get(ref)
+                records.extend(parts)
+                if on_parts is not None:
+                    on_parts(parts)
+
+        for block in blocks:
+            self._check_ready(wait=True)
+            while min(load[i] for i in self._ready) >= IN_FLIGHT_PER_ACTOR:
+                collect(block_until_one=True)
+                self._check_ready(wait=False)
+            index = min(self._ready, key=lambda i: (load[i], i))
+            in_flight[self.actors[index].process.remote(block, settings)] = index
+            load[index] += 1
+            collect(block_until_one=False)
+            self._check_ready(wait=False)
+        while in_flight:
+            collect(block_until_one=True)
+        return records
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone with its Ray session
+                pass
+        self.actors = []
+
+
+def _get(ref: Any) -> Any:
+    """`ray.get`, re-raising a PipelineError an actor raised as itself (its message says what to do)."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as err:
+        cause = err.as_instanceof_cause()
+        if isinstance(cause, PipelineError):
+            raise cause from None
+        raise
+    except RayActorError as err:
+        inner = getattr(err, "cause", None)
+        if isinstance(inner, RayTaskError) and isinstance(inner.as_instanceof_cause(), PipelineError):
+            raise inner.as_instanceof_cause() from None
+        raise
+
+
+_POOL: InferencePool | None = None
+_KEEP = [0]  # nesting depth of keep_pool()
+
+
+@contextlib.contextmanager
+def keep_pool() -> Iterator[None]:
+    """Within the block, runs leave their actors alive for the next run to reuse; they are released at its end."""
+    _KEEP[0] += 1
+    try:
+        yield
+    finally:
+        _KEEP[0] -= 1
+        if not _KEEP[0]:
+            close_pool()
+
+
+def release_unless_kept() -> None:
+    """What a run does when it ends: release the pool, unless inside `keep_pool()`."""
+    if not _KEEP[0]:
+        close_pool()
+
+
+def pool_for(spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> InferencePool:
+    """The process's pool for these settings: the current one when it fits, else a new one (the old one is shut
+    down first, so that two pools never hold the CPUs or devices at once)."""
+    global _POOL
+    key = PoolKey.of(spec, processing, s3, plan)
+    if _POOL is not None and _POOL.key == key and _alive(_POOL):
+        return _POOL
+    close_pool()
+    _POOL = InferencePool(spec, processing, s3, plan)
+    return _POOL
+
+
+def close_pool() -> None:
+    """Shut the process's pool down (the next run starts a new one)."""
+    global _POOL
+    if _POOL is not None:
+        _POOL.close()
+        _POOL = None
+
+
+def _alive(pool: InferencePool) -> bool:
+    import ray
+
+    return bool(pool.actors) and ray.is_initialized() and ray.get_runtime_context().get_job_id() == pool.job_id

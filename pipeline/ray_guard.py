@@ -1,0 +1,128 @@
+"""A local Ray started by the CLI dies with the driver, however the driver ends.
+
+Ray's own daemons die with the driver (they are started with PR_SET_PDEATHSIG), but two agents
+(`DashboardAgent`, `RuntimeEnvAgent`) live on for about a minute after a SIGKILL, and worker processes a few
+seconds. So, before a local `ray.init`:
+
+* `install()` tags this process's environment with an owner marker (`UNET_PIPELINE_RAY_OWNER=<pid>:<start
+  time>`), which every process the local Ray starts inherits, and starts a watchdog: this module run as a separate
+  process in its own session (so Ctrl-C and group signals do not reach it), blocked reading a pipe whose only
+  write end the driver holds. When the driver ends in any way (exit, exception, SIGTERM, SIGINT, SIGKILL, an OOM
+  kill) the kernel closes the pipe; the watchdog reads EOF and kills every process carrying the marker.
+* `reap_stale()` kills marked processes whose owner is gone (the watchdog itself was killed too), at the next
+  start.
+
+Linux only (it reads /proc); elsewhere both do nothing. Only this user's processes are visible.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+OWNER_ENV = "UNET_PIPELINE_RAY_OWNER"
+GRACE_SECONDS = 3.0
+_state: dict[str, int] = {}
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def owner_of(pid: int) -> str:
+    """The marker value naming process `pid` as an owner."""
+    return f"{pid}:{_start_time(pid)}"
+
+
+def _owner_alive(owner: str) -> bool:
+    pid, _, start = owner.partition(":")
+    return pid.isdigit() and _start_time(int(pid)) == start
+
+
+def marked_processes(owner: str | None = None) -> dict[int, str]:
+    """pid -> owner marker of every live process (of this user) whose environment carries one (of `owner`)."""
+    key = (OWNER_ENV + "=").encode()
+    found = {}
+    me = os.getpid()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return {}
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        start = env.find(key)
+        if start < 0 or (start > 0 and env[start - 1:start] != b"\0"):
+            continue
+        value = env[start + len(key):].split(b"\0", 1)[0].decode(errors="replace")
+        if (owner is None or value == owner) and _start_time(int(name)) is not None:
+            found[int(name)] = value
+    return found
+
+
+def kill_all(pids: list[int], grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM, then SIGKILL whatever is left after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            pids = [pid for pid in pids if _start_time(pid) is not None]
+            if not pids:
+                return
+            time.sleep(0.1)
+
+
+def reap_stale() -> int:
+    """Kill the processes of earlier local Rays whose driver is gone; returns how many."""
+    stale = [pid for pid, owner in marked_processes().items() if not _owner_alive(owner)]
+    if stale:
+        kill_all(stale, grace=0.0)  # they are orphans: shutting down politely is not their concern any more
+    return len(stale)
+
+
+def install() -> None:
+    """Mark this process's future Ray processes and start the watchdog (once per process; Linux only)."""
+    if "write_end" in _state or not os.path.isdir("/proc"):
+        return
+    reap_stale()
+    owner = owner_of(os.getpid())
+    read_end, write_end = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}  # the watchdog must not kill itself
+    subprocess.Popen([sys.executable, "-m", "pipeline.ray_guard", owner, str(read_end)], pass_fds=(read_end,),
+                     env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    os.close(read_end)
+    os.set_inheritable(write_end, False)  # Ray's processes must not hold the pipe open
+    _state["write_end"] = write_end  # open for the life of this process
+    os.environ[OWNER_ENV] = owner
+
+
+def _watch(owner: str, fd: int) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # only the pipe's end ends the watch
+    while os.read(fd, 4096):
+        pass
+    pids = list(marked_processes(owner))
+    if pids:
+        kill_all(pids)
+
+
+if __name__ == "__main__":
+    _watch(sys.argv[1], int(sys.argv[2]))
