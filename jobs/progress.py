@@ -62,7 +62,7 @@ class CommitProgress:
 
     def _read_new_records(self) -> None:
         new = [uri for uri in record_uris(self.output, self.s3) if uri not in self._records]
-        self._records.update(zip(new, read_records(new, self.s3)))
+        self._records.update(zip(new, read_records(new, self.s3), strict=True))
 
     def line(self) -> str:
         """`progress: 3/12 shards, 96/384 inputs committed (95 images, 1 errors), 14 s, 6.9 inputs/s`."""

@@ -1,4 +1,4 @@
-"""Connecting to Ray: an existing cluster when one is named, otherwise a private local one started on demand."""
+"""Connecting to Ray: an existing cluster when one is named, else a private local one started on demand."""
 
 from __future__ import annotations
 

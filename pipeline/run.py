@@ -43,7 +43,7 @@ INFERENCE_TASK_RETRIES = 3
 logger = logging.getLogger(__name__)
 
 ProgressWatch = Callable[[str, list[ShardRef], fs.S3Options | None], contextlib.AbstractContextManager[Any]]
-"""`watch(output, shards, s3)`: a context manager held while the pipeline runs (the Ray jobs log progress with it)."""
+"""`watch(output, shards, s3)`: a context manager held during the run (the Ray jobs log progress with it)."""
 
 
 def check_no_overlap(input_uri: str, output_uri: str) -> None:
@@ -130,7 +130,8 @@ def _execute(prepared: PreparedRun, shards: list[ShardRef], done: dict[int, froz
                                    threads=plan.threads)  # spec keeps its threads
     png_file = None
     if config.output.png_values == "upstream":
-        png_file = prepared.processing.upstream_png_encoder(prepared.loaded.checkpoint.metadata.get("mask_values"))
+        png_file = prepared.processing.upstream_png_encoder(
+            prepared.loaded.checkpoint.metadata.get("mask_values"))
     sink = MaskSink(SinkSettings(config.output.uri, config.output.formats, prepared.num_classes,
                                  config.scoring,
                                  prepared.loaded.family.name, s3, png_file))
@@ -151,8 +152,8 @@ def _execute(prepared: PreparedRun, shards: list[ShardRef], done: dict[int, froz
     try:
         with watch(config.output.uri, shards, s3) if watch else contextlib.nullcontext():
             dataset.write_datasink(sink, ray_remote_args={"num_cpus": task_cpus})
-    except PipelineError:  # raised on purpose in a task (Ray's error subclasses it): its message says what to do
-        raise
+    except PipelineError:  # raised on purpose in a task (Ray's error subclasses it)
+        raise  # as is: its message says what to do
     except Exception as err:
         first_line = (str(err).splitlines() or [""])[0][:500]
         raise RunFailed(

@@ -9,9 +9,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline.cli.options import (
-    build_config, data_options, execution_options, explicit_params, gate_options, history_options,
+    build_config,
+    data_options,
+    execution_options,
+    explicit_params,
+    gate_options,
+    history_options,
     model_options,
-    output_options, processing_options,
+    output_options,
+    processing_options,
 )
 from pipeline.config import RunConfig
 
@@ -58,9 +64,12 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
                    f"{metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}")
         width = max(len(name) for name in metrics["class_names"])
         click.echo(f"  {'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'pixels':>10}")
+
+        def fmt(v: float | None) -> str:
+            return "    n/a" if v is None else f"{v:7.4f}"
+
         for name in metrics["class_names"]:
             iou, acc = metrics["per_class_iou"][name], metrics["per_class_accuracy"][name]
-            fmt = (lambda v: "    n/a" if v is None else f"{v:7.4f}")
             click.echo(f"  {name.ljust(width)}  {fmt(iou)}  {fmt(acc)}  "
                        f"{metrics['per_class_support'][name]:>10}")
     timings = metrics["timings"]
@@ -111,7 +120,8 @@ def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of a summary.")
 @click.pass_context
 def score(ctx: click.Context, as_json: bool, **params: Any) -> None:
-    """Score a model on a labelled dataset: masks, per-image scores and metrics.json (mIoU, per-class IoU, ...).
+    """Score a model on a labelled dataset: masks, per-image scores and metrics.json (mIoU, per-class
+    IoU, ...).
 
     With no --input, runs the built-in default: a synthetic shapes dataset and a small trained checkpoint.
 

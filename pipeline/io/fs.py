@@ -13,8 +13,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import BinaryIO
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pipeline.errors import ConfigError, InputError
 
@@ -28,10 +28,11 @@ class S3Options:
     endpoint_url: str | None = None
     region: str | None = None
     anonymous: bool = False
-    max_attempts: int = 10  # botocore "standard" retries: throttling, 5xx and connection errors, with back-off
+    max_attempts: int = 10  # botocore "standard" retries: throttling, 5xx, connection errors, with back-off
 
     def resolved(self) -> S3Options:
-        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL"))
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         return S3Options(endpoint or None, region or None, self.anonymous, self.max_attempts)
 
@@ -126,7 +127,7 @@ class LocalStorage:
             os.unlink(path)
 
     def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
-        """Pages of file paths directly under directory `prefix` (sorted within a page), streamed from readdir."""
+        """Pages of file paths directly under `prefix/` (sorted within a page), streamed from readdir."""
         if not os.path.isdir(prefix):
             return
         page: list[str] = []
@@ -197,7 +198,7 @@ class S3Storage:
         return self._fs.open(self._key(path), "rb", block_size=8 * 2**20)
 
     def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
-        """Pages of object URIs directly under `prefix/`, one ListObjectsV2 call per page (never the whole bucket)."""
+        """Pages of object URIs directly under `prefix/`, a ListObjectsV2 call each (not the whole bucket)."""
         yield from self._pages(prefix, page_size)
 
     def iter_range(self, prefix: str, first: str, last: str, page_size: int = 1000) -> Iterator[str]:

@@ -36,7 +36,7 @@ _MAX_STEM = 120
 
 
 def safe_name(item_id: str) -> str:
-    """A file name for an input id that cannot leave its folder: no '/', no leading dot, at most 131 characters.
+    """A file name for an input id that stays in its folder: no '/' or leading dot, at most 131 characters.
 
     Ids that had to be changed get a short hash of the original, so two different ids never share a name.
 

@@ -90,7 +90,7 @@ class MaskSink(Datasink[list[PartRecord]]):
 
 
 def write_part(s: SinkSettings, shard: int, rows: list[dict[str, Any]]) -> PartRecord:
-    """Score, encode and write the rows of one part, then commit it (unless a storage failure is among them)."""
+    """Score, encode and write one part's rows, then commit it (unless a storage failure is among them)."""
     rows.sort(key=lambda r: r["row"])
     name = part_name(shard, rows[0]["row"])
     scores = ConfusionAccumulator(s.num_classes)

@@ -27,7 +27,7 @@ _NETWORK_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs")
 
 
 def is_storage_failure(err: BaseException) -> bool:
-    """A failure of the storage rather than of the file: network, 5xx, throttling (after the client's retries).
+    """A failure of the storage, not of the file: network, 5xx, throttling (after the client's retries).
 
     Such rows are recorded with stage "storage", and their part is left uncommitted so that `--resume` tries
     them again (see `pipeline.io.sink`); a missing or unreadable file is the input's fault and is recorded for
@@ -36,7 +36,8 @@ def is_storage_failure(err: BaseException) -> bool:
     if isinstance(err, InputError):
         return False
     cause: BaseException | None = err
-    while cause is not None:  # s3fs re-raises a 503 SlowDown as OSError(EBUSY) caused by botocore's ClientError
+    # s3fs re-raises a 503 SlowDown as OSError(EBUSY) caused by botocore's ClientError
+    while cause is not None:
         if isinstance(cause, (ConnectionError, TimeoutError)):
             return True
         if type(cause).__module__.split(".")[0] in _NETWORK_PACKAGES:
@@ -75,7 +76,7 @@ def _read_item(shard: int, row: int, item: Item, expect_labels: bool, s3: fs.S3O
             f"label {item.label} has no image: add the image, or remove the label"))
     try:
         image = fs.read_bytes(item.image, s3)
-    except Exception as err:  # InputError: missing or unreadable; else the storage failed after its own retries
+    except Exception as err:  # InputError: missing or unreadable; else storage failed after its own retries
         return _row(shard, row, item.id, item.image, label_source, stage="read", error=err)
     label = None
     if expect_labels:

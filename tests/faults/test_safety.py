@@ -1,5 +1,6 @@
-"""No way in through inputs: a checkpoint that carries code is refused before it runs, ids cannot steer output files
-out of the output prefix, credentials never reach an output or a log, and a run never writes where it reads."""
+"""No way in through inputs: a checkpoint that carries code is refused before it runs, ids cannot steer output
+files out of the output prefix, credentials never reach an output or a log, and a run never writes where it
+reads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import boto3
+import factories
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,12 +22,11 @@ import pytest
 import ray
 import torch
 from click.testing import CliRunner
-from PIL import Image
-
-import factories
 from conftest import FAKE_CREDENTIALS, upload_tree
 from faults.bad_inputs import add_bad_inputs
 from faults.support import ROOT, base_config, make_checkpoint, read_outputs
+from PIL import Image
+
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
 from pipeline.io import fs

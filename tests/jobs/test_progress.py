@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_progress_module():
-    """jobs/progress.py by path: `jobs` on sys.path may be this test folder (tests/jobs) rather than ROOT/jobs."""
+    """jobs/progress.py by path: `jobs` on sys.path may be this test folder (tests/jobs), not ROOT/jobs."""
     spec = importlib.util.spec_from_file_location("job_progress", ROOT / "jobs" / "progress.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
