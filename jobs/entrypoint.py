@@ -14,8 +14,9 @@ from typing import NoReturn
 
 
 def _header(command: str) -> str:
-    import pipeline
     import ray
+
+    import pipeline
 
     where = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
     address = os.environ.get("RAY_ADDRESS") or "a new local Ray"

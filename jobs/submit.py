@@ -23,7 +23,7 @@ UPLOAD_EXCLUDES = [".git", "tests", "docs", "runs", "**/__pycache__"]  # not nee
 
 def submit(address: str, command: str, job_args: list[str], submission_id: str | None = None,
            env: dict[str, str] | None = None) -> str:
-    """Submit `python jobs/<command>.py <job_args>` with the project as working dir; returns the submission id."""
+    """Submit `python jobs/<command>.py <job_args>` with the project as cwd; returns the submission id."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)

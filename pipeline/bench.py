@@ -94,14 +94,14 @@ class LoopResult:
 
 
 def _threads(config: RunConfig) -> int:
-    """The bare loop's intra-op threads: every CPU this process may use (what the pipeline's actors add up to)."""
+    """The bare loop's intra-op threads: every CPU this process may use (the pipeline's actors' total)."""
     import os
 
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: int = 2) -> LoopResult:
-    """Decode, preprocess, forward and post-process every image of the run in this process; returns images/s."""
+    """Decode, preprocess, forward and post-process the run's images in this process; returns images/s."""
     run = prepare_run(config)
     config = run.config
     processing = run.processing
@@ -121,7 +121,7 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
 
     def run_batch(batch: list[tuple[dict, Any]], keep: bool) -> None:
         outputs = backend.run(np.stack([prepared.image for _, prepared in batch]))
-        for (row, prepared), output in zip(batch, outputs):
+        for (row, prepared), output in zip(batch, outputs, strict=True):
             mask = processing.finish(output, prepared.meta)
             if not keep:
                 continue

@@ -1,4 +1,4 @@
-"""The run configuration: one frozen `RunConfig` of typed sections that the CLI, the jobs and config files build.
+"""The run configuration: one frozen `RunConfig` of typed sections that the CLI, jobs and config files build.
 
 Each section is handed to the layer that uses it (`data` to the dataset layouts, `backend` to the backend
 registry, `output` to the sink, ...), so nothing copies settings by hand. Every field says, in its metadata,
@@ -40,7 +40,7 @@ COMMANDS = ("score", "predict")
 
 def setting(default: Any = MISSING, *, result: bool, help: str, key: str | None = None,
             convert: Callable[[Any], Any] | None = None, factory: Callable[[], Any] | None = None) -> Any:
-    """A configuration field: its default, whether it changes results, its help, flat key and input converter."""
+    """A configuration field: default, whether it changes results, help, flat key and input converter."""
     metadata = {"result": result, "help": help, "key": key, "convert": convert}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -367,7 +367,7 @@ class RunConfig:
         return json.loads(json.dumps(settings))
 
     def config_hash(self) -> str:
-        """8 hex digits identifying the settings that decide a run's results (not where or how fast it runs)."""
+        """8 hex digits identifying the settings deciding a run's results (not where or how fast it runs)."""
         text = json.dumps(self.result_settings(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
@@ -416,7 +416,7 @@ FLAT_KEYS: dict[str, FlatKey] = _flat_keys()
 
 
 def section_from(settings: dict[str, Any], cls: type[SectionT]) -> SectionT:  # cls: a section dataclass
-    """The `cls` section of flat settings, e.g. of metrics.json's `config`; keys of other sections are ignored."""
+    """The `cls` section of flat settings, e.g. metrics.json's `config`; other sections' keys are ignored."""
     values = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         key = f.metadata.get("key") or f.name

@@ -12,12 +12,12 @@ from pipeline.demo.synthetic import CLASS_NAMES, write_dataset
 
 DATASET_VERSION = "v3"
 DEFAULT_COUNT = 48
-DEFAULT_FIRST_INDEX = 100_000  # the evaluation indices of pipeline.demo.train, disjoint from its training data
+DEFAULT_FIRST_INDEX = 100_000  # pipeline.demo.train's evaluation indices, disjoint from its training data
 DEFAULT_OUTPUT = "runs/default"
 
 
 def default_checkpoint() -> str:
-    """Path of the packaged checkpoint (a milesial UNet, base width 8, 4 classes, trained by pipeline.demo.train)."""
+    """Packaged checkpoint path (a milesial UNet, base width 8, 4 classes, trained by pipeline.demo.train)."""
     return str(resources.files("pipeline") / "assets" / "default_milesial.pth")
 
 

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import RunConfig
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 class RegressionGateFailed(RunFailed):
-    """The run's mIoU fell more than --max-drop below its baseline. Its outputs and history line were written."""
+    """The run's mIoU fell more than --max-drop below baseline. Its outputs and history line were written."""
 
     def __init__(self, message: str, result: RunResult, gate: dict[str, Any]) -> None:
         super().__init__(message, result)
@@ -53,7 +53,7 @@ class RegressionGateFailed(RunFailed):
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(moment: datetime) -> str:
@@ -110,7 +110,7 @@ def read_history(uri: str, s3: fs.S3Options | None = None) -> list[dict]:
 
 
 def append_history(uri: str, record: dict[str, Any], s3: fs.S3Options | None = None) -> None:
-    """Add `record` as the last line, replacing any earlier line with the same run_id (read, modify, write whole)."""
+    """Add `record` as the last line, replacing any line with the same run_id (read, modify, write whole)."""
     records = [r for r in read_history(uri, s3) if r["run_id"] != record["run_id"]]
     records.append(record)
     text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
@@ -119,11 +119,12 @@ def append_history(uri: str, record: dict[str, Any], s3: fs.S3Options | None = N
 
 def find_baseline(history: list[dict], baseline: str, run_id: str | None, dataset: str, layout: str,
                   history_uri: str) -> dict | None:
-    """The record `--baseline` names; for last-good, the latest passed run of the same dataset and layout (None if
-    there is none yet: the first scheduled run has nothing to compare with)."""
+    """The record `--baseline` names; for last-good, the latest passed run of the same dataset and layout
+    (None if there is none yet: the first scheduled run has nothing to compare with)."""
     if baseline == LAST_GOOD:
         candidates = [r for r in history if r.get("status") == "passed" and r["run_id"] != run_id
-                      and r.get("dataset") == dataset and r.get("layout") == layout and r.get("miou") is not None]
+                      and r.get("dataset") == dataset and r.get("layout") == layout
+                      and r.get("miou") is not None]
         return candidates[-1] if candidates else None
     for record in history:
         if record["run_id"] == baseline:
@@ -160,8 +161,9 @@ def gate_report(gate: dict[str, Any], record: dict[str, Any], history_uri: str) 
     miou = record.get("miou")
     fell = "produced no mIoU" if miou is None else (
         f"mIoU {miou:.4f} is {gate['baseline_miou'] - miou:.4f} below")
-    classes = "; ".join(f"{d['class']} {d['baseline_iou']:.4f} -> {d['iou']:.4f} (-{d['drop']:.4f})"
-                        for d in gate["dropped_classes"]) or "none individually (the set of classes present changed)"
+    classes = ("; ".join(f"{d['class']} {d['baseline_iou']:.4f} -> {d['iou']:.4f} (-{d['drop']:.4f})"
+                         for d in gate["dropped_classes"])
+               or "none individually (the set of classes present changed)")
     return (f"Regression gate failed for run {record['run_id']}: {fell} baseline run "
             f"{gate['baseline_run_id']} ({gate['baseline_miou']:.4f}), more than --max-drop "
             f"{gate['max_drop']}. Classes that dropped: {classes}. Metrics: {record['metrics_uri']}; "
@@ -189,7 +191,7 @@ def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metr
 
 
 def run_tracked(config: RunConfig, runner: Runner) -> RunResult:
-    """Run under `<output>/<run id>/` with `runner`, apply the --baseline gate, and record the run in --history.
+    """Run under `<output>/<run id>/` with `runner`, apply the --baseline gate, and record it in --history.
 
     The baseline is looked up before anything runs, so a wrong run id fails fast. Raises RegressionGateFailed
     (after recording the run as failed) when the gate fails, and re-raises RunFailed from --max-errors after

@@ -1,9 +1,9 @@
 """The inference actors of a process, and dealing preprocessed blocks to them.
 
-Each actor owns one device context (`pipeline.stages.Predictor`: a CPU thread pool, a CUDA device, a VACC die).
-It predicts a block, writes and commits the block's parts itself (`pipeline.io.parts`), and returns only the
-small commit records, so masks never wait in Ray's object store and every part is committed within milliseconds
-of its inference.
+Each actor owns one device context (`pipeline.stages.Predictor`: a CPU thread pool, a CUDA device, a VACC
+die). It predicts a block, writes and commits the block's parts itself (`pipeline.io.parts`), and returns only
+the small commit records, so masks never wait in Ray's object store and every part is committed within
+milliseconds of its inference.
 
 The pool is the driver's, not one Ray Data execution's:
 
@@ -12,12 +12,13 @@ The pool is the driver's, not one Ray Data execution's:
 * inside `keep_pool()` (`bench`, `table`, a notebook running several passes), later runs with the same spec,
   processing and plan reuse its actors instead of paying their start-up again; otherwise a run releases its
   actors when it ends, so that a long-lived process never holds CPUs or devices other drivers need;
-* the driver deals blocks pull-style: each block goes to the ready actor with the fewest calls in flight (at most
+* the driver deals blocks pull-style: each block goes to the ready actor with the fewest calls in flight (at
+  most
   `IN_FLIGHT_PER_ACTOR`), so no actor idles while another has work queued.
 
-An actor that dies (killed, out of memory, a crashing native library) is restarted by Ray and its call re-run up to
-`INFERENCE_TASK_RETRIES` times, spaced by `pipeline.ray_env.NODE_LOSS_RETRY_ENV`; after that the run stops and
-says to `--resume`.
+An actor that dies (killed, out of memory, a crashing native library) is restarted by Ray and its call re-run
+up to `INFERENCE_TASK_RETRIES` times, spaced by `pipeline.ray_env.NODE_LOSS_RETRY_ENV`; after that the run
+stops and says to `--resume`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from pipeline.io.commits import PartRecord
 from pipeline.io.fs import S3Options
 from pipeline.io.parts import PartSettings, write_parts
 
-# A batch whose actor dies is re-run on a restarted actor up to this many times; Ray's default is forever, which
-# would loop on an input that crashes the process every time.
+# A batch whose actor dies is re-run on a restarted actor up to this many times; Ray's default is forever,
+# which would loop on an input that crashes the process every time.
 INFERENCE_TASK_RETRIES = 3
 IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: the actor never waits for the driver between blocks
 
@@ -92,7 +93,7 @@ class InferencePool:
         self.job_id = ray.get_runtime_context().get_job_id()  # a pool serves the Ray session that made it
         remote = ray.remote(InferenceActor).options(
             **plan.ray_resources, max_restarts=-1, max_task_retries=INFERENCE_TASK_RETRIES)
-        self.actors = [remote.remote(spec, processing, s3) for _ in range(plan.actors)]
+        self.actors: list[Any] = [remote.remote(spec, processing, s3) for _ in range(plan.actors)]
         self._not_ready = {actor.ready.remote(): index for index, actor in enumerate(self.actors)}
         self._ready: set[int] = set()
 
@@ -185,7 +186,7 @@ _KEEP = [0]  # nesting depth of keep_pool()
 
 @contextlib.contextmanager
 def keep_pool() -> Iterator[None]:
-    """Within the block, runs leave their actors alive for the next run to reuse; they are released at its end."""
+    """Within the block, runs leave their actors for the next run to reuse; they are released at its end."""
     _KEEP[0] += 1
     try:
         yield
@@ -202,8 +203,8 @@ def release_unless_kept() -> None:
 
 
 def pool_for(spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> InferencePool:
-    """The process's pool for these settings: the current one when it fits, else a new one (the old one is shut
-    down first, so that two pools never hold the CPUs or devices at once)."""
+    """The process's pool for these settings: the current one when it fits, else a new one (the old one is
+    shut down first, so that two pools never hold the CPUs or devices at once)."""
     global _POOL
     key = PoolKey.of(spec, processing, s3, plan)
     if _POOL is not None and _POOL.key == key and _alive(_POOL):
@@ -224,4 +225,6 @@ def close_pool() -> None:
 def _alive(pool: InferencePool) -> bool:
     import ray
 
-    return bool(pool.actors) and ray.is_initialized() and ray.get_runtime_context().get_job_id() == pool.job_id
+    if not pool.actors or not ray.is_initialized():
+        return False
+    return bool(ray.get_runtime_context().get_job_id() == pool.job_id)

@@ -88,7 +88,8 @@ def sample_images_from(run: PreparedRun, shards: Iterable[ShardRef]):
         for ref in shards:
             for table in read_shard(ref, run.layout, run.data, False, run.s3, frozenset(), block_rows=max(n,
                                                                                                           1)):
-                for data, error in zip(table.column("image").to_pylist(), table.column("error").to_pylist()):
+                for data, error in zip(table.column("image").to_pylist(), table.column("error").to_pylist(),
+                                       strict=True):
                     if error or data is None:
                         continue
                     try:

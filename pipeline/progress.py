@@ -1,7 +1,7 @@
 """Live progress of a run: inputs listed and committed, images/s, ETA.
 
-The driver learns of every committed part the moment its actor returns the record (`pipeline.pool`), and of the
-listing as it goes, so progress needs no polling of storage. Two ways to show it, one source of numbers:
+The driver learns of every committed part the moment its actor returns the record (`pipeline.pool`), and of
+the listing as it goes, so progress needs no polling of storage. Two ways to show it, one source of numbers:
 
 * `BarProgress`: a tqdm bar on an interactive terminal;
 * `LineProgress`: a plain line every `interval` seconds (job logs, CI, piped output), and one at the end.
@@ -98,7 +98,7 @@ class Progress:
 
 
 class LineProgress(Progress):
-    """A line every `interval` seconds (from a timer, so a long batch still shows life), and one at the end."""
+    """A line every `interval` seconds (a timer: a long batch still shows life), and one at the end."""
 
     def __init__(self, interval: float | None = None, echo: Callable[[str], None] | None = None) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Connecting to Ray: an existing cluster when one is named, otherwise a private local one started on demand."""
+"""Connecting to Ray: an existing cluster when one is named, else a private local one started on demand."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ _QUIET_ENV = {
 # For a Ray this process starts for itself (never for a cluster it joins): no token authentication (a private
 # local Ray with no dashboard; Ray 2.60 would print a warning and write ~/.ray/auth_token), and room for more
 # idle worker processes than CPUs: the inference actors and Ray Data's helper actors count against the default
-# limit (the CPU count), above which Ray kills idle read/preprocess workers and starts new ones for every task.
+# limit (the CPU count), above which Ray kills idle read/preprocess workers and starts new ones for every
+# task.
 LOCAL_RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_num_workers_soft_limit": str(max(16, 4 * (os.cpu_count() or 1))),
@@ -31,9 +32,9 @@ def ensure_ray(address: str | None = None) -> None:
     """Initialise Ray once per process.
 
     `address` (or RAY_ADDRESS, which `ray job submit` sets for its jobs) connects to that cluster; with
-    neither, a local Ray is started with this machine's CPUs and no dashboard, whose processes all end with this
-    one however it ends (`pipeline.ray_guard`). Call it on the main thread: Ray ties its daemons' lives to the
-    thread that starts them. Ray Data's own progress bars stay off: the run reports its progress itself
+    neither, a local Ray is started with this machine's CPUs and no dashboard, whose processes all end with
+    this one however it ends (`pipeline.ray_guard`). Call it on the main thread: Ray ties its daemons' lives
+    to the thread that starts them. Ray Data's own progress bars stay off: the run reports its progress itself
     (`pipeline.progress`), from the parts it commits.
     """
     import ray
@@ -62,7 +63,8 @@ def ensure_ray(address: str | None = None) -> None:
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": on purpose
+    # "Progress bars disabled": on purpose (see above)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def cluster_cpus() -> float:

@@ -5,10 +5,11 @@ Ray's own daemons die with the driver (they are started with PR_SET_PDEATHSIG), 
 seconds. So, before a local `ray.init`:
 
 * `install()` tags this process's environment with an owner marker (`UNET_PIPELINE_RAY_OWNER=<pid>:<start
-  time>`), which every process the local Ray starts inherits, and starts a watchdog: this module run as a separate
-  process in its own session (so Ctrl-C and group signals do not reach it), blocked reading a pipe whose only
-  write end the driver holds. When the driver ends in any way (exit, exception, SIGTERM, SIGINT, SIGKILL, an OOM
-  kill) the kernel closes the pipe; the watchdog reads EOF and kills every process carrying the marker.
+  time>`), which every process the local Ray starts inherits, and starts a watchdog: this module run as a
+  separate process in its own session (so Ctrl-C and group signals do not reach it), blocked reading a pipe
+  whose only write end the driver holds. When the driver ends in any way (exit, exception, SIGTERM, SIGINT,
+  SIGKILL, an OOM kill) the kernel closes the pipe; the watchdog reads EOF and kills every process carrying
+  the marker.
 * `reap_stale()` kills marked processes whose owner is gone (the watchdog itself was killed too), at the next
   start.
 

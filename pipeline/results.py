@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
@@ -36,8 +36,8 @@ class RunResult:
 
 
 class RunFailed(PipelineError):
-    """The run broke a limit or lost inputs. When it finished, `result` holds what it wrote (outputs, metrics and
-    report are written before the limit is checked); None when it stopped before the end."""
+    """The run broke a limit or lost inputs. When it finished, `result` holds what it wrote (outputs, metrics
+    and report are written before the limit is checked); None when it stopped before the end."""
 
     def __init__(self, message: str, result: RunResult | None = None) -> None:
         super().__init__(message)
@@ -90,6 +90,6 @@ def run_metrics(config: RunConfig, loaded: LoadedModel, layout_name: str, class_
                     "images_per_second": round(num_ok / pipeline_seconds, 3) if pipeline_seconds else None},
         "config": config.to_dict(),
         "version": __version__,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     return metrics

@@ -64,7 +64,7 @@ def clear_outputs(output: str, s3: fs.S3Options | None) -> None:
 
 
 def check_resume_settings(config: RunConfig, checkpoint_sha256: str, s3: fs.S3Options | None) -> None:
-    """Record the settings that decide the results; on --resume, refuse settings that differ from the record."""
+    """Record the settings that decide the results; on --resume, refuse settings differing from the record."""
     settings = {**config.result_settings(), "checkpoint_sha256": checkpoint_sha256}
     uri = settings_uri(config.output.uri)
     storage = fs.storage_for(uri, s3)

@@ -5,12 +5,12 @@
 
 The steps overlap: Ray starts (main thread) while a thread loads the model; the inference actors start (and
 load the model) while the input is still being listed; each wave of listed shards is scored while the next is
-listed; each part is committed by the actor that predicted it, within milliseconds. Inference runs once per image,
-and metrics come only from the commit records (never from re-reading or re-running anything).
+listed; each part is committed by the actor that predicted it, within milliseconds. Inference runs once per
+image, and metrics come only from the commit records (never from re-reading or re-running anything).
 
 This module composes the steps; each lives in its own module: `prepare` (model, processing, layout, backend
-spec), `io.manifest` (listing), `resume` and `io.lock` (the output's protocol), `actor_plan`, `pool` (the actors),
-`stages` (per-batch work), `io.parts` (writing), `results`.
+spec), `io.manifest` (listing), `resume` and `io.lock` (the output's protocol), `actor_plan`, `pool` (the
+actors), `stages` (per-batch work), `io.parts` (writing), `results`.
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
         raise
     except Exception as err:
         raise RunFailed(
-            f"The pipeline stopped before it finished ({_cause(err)}). Every part committed so far is kept in "
-            f"{output}: fix the cause, then run the same command with --resume to do only the rest.") from err
+            f"The pipeline stopped before it finished ({_cause(err)}). Every part committed so far is kept "
+            f"in {output}: fix the cause, then run the same command with --resume to do only the "
+            "rest.") from err
     finally:
         progress.close()
         release_unless_kept()
@@ -177,7 +178,8 @@ def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[i
         wave, finished = listing.new_shards(seen)
         seen += len(wave)
         progress.listed(listing.inputs, finished)
-        units = read_units(wave, done, config.execution.batch_size, tail_shards=2 * plan.actors if finished else 0)
+        units = read_units(wave, done, config.execution.batch_size,
+                           tail_shards=2 * plan.actors if finished else 0)
         if units:
             source = ShardDatasource(units, prepared.layout, prepared.data, config.scoring, prepared.s3)
             dataset = (
@@ -240,7 +242,8 @@ def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord],
     metrics["listing"] = {"shards": len(shards), "skipped_hidden_files": listing.skipped_hidden}
     metrics["streaming"] = streaming
     errors = sorted((e for part in parts for e in part.errors), key=lambda e: (e.shard, e.row))
-    fs.write_bytes(fs.join(output, ERRORS), "".join(json.dumps(e.to_json()) + "\n" for e in errors).encode(), s3)
+    fs.write_bytes(fs.join(output, ERRORS), "".join(json.dumps(e.to_json()) + "\n" for e in errors).encode(),
+                   s3)
     metrics_uri = fs.join(output, metrics_name(config.scoring))
     fs.write_bytes(metrics_uri, json.dumps(metrics, indent=2).encode("utf-8"), s3)
     if config.scoring and config.output.report:  # before the error limit: a failed run needs its report most

@@ -19,7 +19,13 @@ from pipeline.datasets import LabelRule
 from pipeline.io.fs import S3Options
 from pipeline.io.images import DEFAULT_MAX_PIXELS, check_same_size, open_image
 from pipeline.io.rows import (
-    PASSTHROUGH_COLUMNS, PREDICTED_COLUMNS, PREPARED_COLUMNS, failed, object_column, pack, record_failure,
+    PASSTHROUGH_COLUMNS,
+    PREDICTED_COLUMNS,
+    PREPARED_COLUMNS,
+    failed,
+    object_column,
+    pack,
+    record_failure,
     unpack,
 )
 
@@ -55,8 +61,9 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, processing: Any, label_rul
 
 
 def _release_free_memory() -> None:
-    """Give freed heap pages back to the OS (glibc). Images of many sizes make the forward pass allocate buffers of
-    many sizes; without this an actor's resident memory creeps up over a long run instead of staying flat."""
+    """Give freed heap pages back to the OS (glibc). Images of many sizes make the forward pass allocate
+    buffers of many sizes; without this an actor's resident memory creeps up over a long run instead of
+    staying flat."""
     libc_name = ctypes.util.find_library("c")
     if libc_name and hasattr(ctypes.CDLL(libc_name), "malloc_trim"):
         ctypes.CDLL(libc_name).malloc_trim(0)

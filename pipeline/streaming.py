@@ -1,7 +1,7 @@
-"""How well a run streamed: when parts were committed, how long after their inference, how full the object store got.
+"""How a run streamed: when its parts were committed, how soon after inference, and the object store's peak.
 
-Recorded in metrics.json (`streaming`) and reported by `bench`; the figures an operator needs to trust that results
-reach storage as they are made and that memory does not grow with the dataset.
+Recorded in metrics.json (`streaming`) and reported by `bench`; the figures an operator needs to trust that
+results reach storage as they are made and that memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class CommitTimes:
                 self.lags.append(max(part.written_at - part.inferred_at, 0.0))
 
     def summary(self, ended_at: float, object_store_peak: int | None) -> dict[str, Any]:
-        """`first_commit_seconds` (from the run's start), commit lag p50/p95 (inference end to commit), the share
-        of commits in the last 10% of the run, the parts committed and the object store's peak."""
+        """`first_commit_seconds` (from the run's start), commit lag p50/p95 (inference end to commit), the
+        share of commits in the last 10% of the run, the parts committed and the object store's peak."""
         wall = max(ended_at - self.started_at, 1e-9)
         first = min(self.commits) - self.started_at if self.commits else None
         late = sum(1 for t in self.commits if t - self.started_at > 0.9 * wall)
@@ -51,7 +51,8 @@ class CommitTimes:
             "commit_lag_p50_seconds": _round(_quantile(self.lags, 0.5)),
             "commit_lag_p95_seconds": _round(_quantile(self.lags, 0.95)),
             "commits_in_last_10_percent": round(late / len(self.commits), 3) if self.commits else None,
-            "object_store_peak_mb": None if object_store_peak is None else round(object_store_peak / 2**20, 1),
+            "object_store_peak_mb": None if object_store_peak is None else round(object_store_peak / 2**20,
+                                                                                 1),
         }
 
 
@@ -86,7 +87,8 @@ class ObjectStoreSampler:
             return
         while not self._stop.is_set():
             try:
-                used = int(get_memory_info_reply(state, timeout_seconds=5).store_stats.object_store_bytes_used)
+                used = int(get_memory_info_reply(state,
+                                                 timeout_seconds=5).store_stats.object_store_bytes_used)
                 self.peak = used if self.peak is None else max(self.peak, used)
             except Exception:
                 pass

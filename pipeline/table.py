@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ COLUMNS = ("model", "backbone", "source", "gflops", "params", "miou", "dataset",
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model of the table: its checkpoint, and run settings of its own (model_config, label_values, ...)."""
+    """One model of the table: its checkpoint and its own run settings (model_config, label_values, ...)."""
 
     checkpoint: str
     model: str | None = None
@@ -184,7 +184,7 @@ def _percent(value: float | None, signed: bool = False) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """The table as Markdown: mIoU in %, its change in percentage points against the fp32 row ("-" on that row)."""
+    """The table as Markdown: mIoU in %, its change in percentage points vs the fp32 row ("-" on that row)."""
     header = ("| model | backbone | source | FLOPs (G) | params (M) | mIoU (%) | dataset | shape | backend | "
               "precision | images/s | ΔmIoU vs fp32 (pp) |")
     lines = [header, "|" + "---|" * 12]
@@ -209,6 +209,6 @@ def write_table(rows: list[dict[str, Any]], spec: TableSpec) -> tuple[Path, Path
         "columns": list(COLUMNS), "rows": rows,
         "variants": [f"{v.backend}:{v.precision}" for v in spec.variants],
         "shapes": [list(s) if s else None for s in spec.shapes], "run": spec.run,
-        "version": __version__, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "version": __version__, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }, indent=2, default=str))
     return markdown, data

@@ -19,7 +19,7 @@ from pipeline.demo.synthetic import make_sample
 
 def make_sample_pair(index: int, size: tuple[int, int] | None = None, binary: bool = False,
                      ) -> tuple[Image.Image, np.ndarray]:
-    """(RGB image, class-index label) of one synthetic sample; `binary` folds the shape classes into class 1."""
+    """(RGB image, class-index label) of a synthetic sample; `binary` folds the shape classes into class 1."""
     image, label = make_sample(index, size)
     classes = np.asarray(label).copy()
     if binary:
@@ -29,7 +29,7 @@ def make_sample_pair(index: int, size: tuple[int, int] | None = None, binary: bo
 
 def samples(count: int, first: int = 500, binary: bool = False, size: tuple[int, int] | None = None,
             ) -> list[tuple[str, Image.Image, np.ndarray]]:
-    """(id, RGB image, class-index label) triples from the synthetic generator; `binary` folds classes to 0/1."""
+    """(id, RGB image, class-index label) triples of synthetic samples; `binary` folds classes to 0/1."""
     out = []
     for index in range(first, first + count):
         image, label = make_sample(index, size)
@@ -177,8 +177,7 @@ LAYOUT_CASES: dict[str, LayoutCase] = {
 
 
 def layout_case(name: str) -> LayoutCase:
-    """The case of a registered layout; a layout registered without one fails the test that asks, saying what to
-    add."""
+    """The case of a registered layout; a layout without one fails the test that asks, saying what to add."""
     if name not in LAYOUT_CASES:
         pytest.fail(f"Layout {name!r} is registered in pipeline.datasets.LAYOUTS but tests/factories.py has "
                     f"no LayoutCase for it: add a write_{name.replace('-', '_')}(root, items) writer and "

@@ -143,10 +143,10 @@ _baseline: GlobalState | None = None
 
 @contextmanager
 def session_state() -> Iterator[GlobalState]:
-    """Wraps the set-up of a session-scoped fixture that changes process state on purpose and for the whole session
-    (starting Ray sets PYTHONBREAKPOINT in the driver): the changes made inside become the baseline every
-    module is
-    checked against. Its tear-down should call `restore_session_state` with the state `session_state` yields."""
+    """Wraps the set-up of a session-scoped fixture that changes process state on purpose and for the whole
+    session (starting Ray sets PYTHONBREAKPOINT in the driver): the changes made inside become the baseline
+    every module is checked against. Its tear-down should call `restore_session_state` with the state
+    `session_state` yields."""
     global _baseline
     before = GlobalState.capture()
     yield before
@@ -154,7 +154,7 @@ def session_state() -> Iterator[GlobalState]:
 
 
 def restore_session_state(before: GlobalState) -> None:
-    """At a session fixture's tear-down: put back the state from before its set-up, and make it the baseline."""
+    """At a session fixture's tear-down: restore the state from before its set-up and make it the baseline."""
     global _baseline
     before.restore()
     _baseline = GlobalState.capture()

@@ -30,7 +30,6 @@ Tolerances (the noise a pixel's reference margin must exceed to be compared exac
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,7 +153,7 @@ def byte_distance(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _footprint(src: int, dst: int) -> list[range]:
-    """The source indices PIL's bilinear filter reads for each destination index (a superset: edge weights 0)."""
+    """The source indices PIL's bilinear filter reads per destination index (a superset: edge weights 0)."""
     if src == dst:
         return [range(i, i + 1) for i in range(dst)]  # PIL copies an image resized to its own size
     scale = src / dst
@@ -177,8 +176,8 @@ def pinned_margin(probabilities: np.ndarray, size_hw: tuple[int, int]) -> np.nda
 
 
 def pil_decision(quantised: np.ndarray, size_hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
-    """a013c80's decision from (C, h, w) bytes: PIL BILINEAR in ToPILImage's mode, then arg-max (first index on
-    ties) or byte / 255 > threshold for one channel. More than 4 channels: one 'L' image per channel."""
+    """a013c80's decision from (C, h, w) bytes: PIL BILINEAR in ToPILImage's mode, then arg-max (first index
+    on ties) or byte / 255 > threshold for one channel. More than 4 channels: one 'L' image per channel."""
     count = quantised.shape[0]
     size_wh = (size_hw[1], size_hw[0])
     if count > 4:
@@ -217,7 +216,7 @@ def compare_pinned_masks(got: np.ndarray, expected: np.ndarray, probabilities: n
 
 def _reachable(flip: Flip, probabilities: np.ndarray, size_hw: tuple[int, int], threshold: float,
                tolerance: float) -> bool:
-    """Whether toggling fragile bytes of the flip's footprint (each to its neighbour value) gives `flip.got`."""
+    """Whether toggling fragile bytes of the flip's footprint (each to its neighbour) gives `flip.got`."""
     base = quantise(probabilities)
     distance, other = byte_distance(probabilities)
     rows = _footprint(base.shape[1], size_hw[0])[flip.y]
@@ -225,7 +224,10 @@ def _reachable(flip: Flip, probabilities: np.ndarray, size_hw: tuple[int, int], 
     fragile = [(c, r, k) for c in range(base.shape[0]) for r in rows for k in cols
                if distance[c, r, k] <= tolerance]
     assert len(fragile) <= MAX_TOGGLED_BYTES, f"{len(fragile)} fragile bytes around {flip}: widen the search"
-    decide: Callable[[np.ndarray], int] = lambda q: int(pil_decision(q, size_hw, threshold)[flip.y, flip.x])
+
+    def decide(q: np.ndarray) -> int:
+        return int(pil_decision(q, size_hw, threshold)[flip.y, flip.x])
+
     for count in range(1, len(fragile) + 1):
         for subset in itertools.combinations(fragile, count):
             trial = base.copy()

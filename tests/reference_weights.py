@@ -35,7 +35,7 @@ def state_dict_from_keys(entries: list[dict]) -> OrderedDict[str, torch.Tensor]:
 
 
 def reference_state_dict(keys_file: str, centered: str | None = None) -> OrderedDict[str, torch.Tensor]:
-    """The fixture weights: keys_file e.g. "keys_milesial.json"; centered e.g. "milesial" or "bubbliiiing_vgg16"."""
+    """Fixture weights: keys_file e.g. "keys_milesial.json"; centered e.g. "milesial", "bubbliiiing_vgg16"."""
     entries = json.loads((FIXTURES / keys_file).read_text())["keys"]
     state = state_dict_from_keys(entries)
     if centered is not None:
@@ -46,7 +46,7 @@ def reference_state_dict(keys_file: str, centered: str | None = None) -> Ordered
 
 
 def write_deterministic_checkpoint(path, name: str, **config) -> str:
-    """Save a registered model with the recipe's weights for its own keys (any config) as a .pth state_dict."""
+    """Save a registered model with the recipe's weights for its keys (any config) as a .pth state_dict."""
     from pipeline.models import create_model
 
     shapes = [{"key": k, "shape": list(v.shape)} for k, v in create_model(name,

@@ -1,5 +1,5 @@
-"""The isolation plugin (tests/isolation.py) itself, in a pytest run of its own: a test that leaks global state is
-failed, the state is put back for the next test, and every test starts from the same seeds."""
+"""The isolation plugin (tests/isolation.py) itself, in a pytest run of its own: a test that leaks global
+state is failed, the state is put back for the next test, and every test starts from the same seeds."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""What importing a module loads: reading a history, a report or a run's records needs neither Ray nor torch, and
-the CLI starts without either (they load when a command needs them). `lint-imports` (pyproject.toml) checks
-the
-static import graph; this checks what a fresh interpreter really loads."""
+"""What importing a module loads: reading a history, a report or a run's records needs neither Ray nor torch,
+and the CLI starts without either (they load when a command needs them). `lint-imports` (pyproject.toml)
+checks the static import graph; this checks what a fresh interpreter really loads."""
 
 from __future__ import annotations
 

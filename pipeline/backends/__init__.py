@@ -19,7 +19,14 @@ from __future__ import annotations
 import importlib
 
 from pipeline.backends import onnx_backend, torch_backend, vacc_entry
-from pipeline.backends.base import Backend, BackendEntry, BackendSpec, PrepareContext, SampleImages, ToNetworkInput
+from pipeline.backends.base import (
+    Backend,
+    BackendEntry,
+    BackendSpec,
+    PrepareContext,
+    SampleImages,
+    ToNetworkInput,
+)
 from pipeline.errors import UnknownNameError
 from pipeline.io.fs import S3Options
 from pipeline.registry import Registry

@@ -57,7 +57,7 @@ class BackendSpec:
 
     @classmethod
     def of_run(cls, config: RunConfig, model: str, threads: int | None, **changes: Any) -> BackendSpec:
-        """The spec of a run's backend section; `changes` override fields (bench compares several backends)."""
+        """The spec of a run's backend section; `changes` override fields (bench compares backends)."""
         spec = cls(name=config.backend.name, model=model, checkpoint=config.model.checkpoint,
                    model_config=dict(config.model.overrides), device=config.backend.device,
                    precision=config.backend.precision, threads=threads,

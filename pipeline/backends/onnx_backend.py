@@ -24,7 +24,7 @@ from pipeline.io.fs import S3Options
 
 
 def model_bytes(options: dict[str, Any]) -> bytes:
-    """The ONNX model a prepared spec names: from Ray's object store, else from the cached file (sha256-checked)."""
+    """The ONNX model of a prepared spec: from Ray's object store, else the cached file (sha256-checked)."""
     if options.get("onnx_model_ref") is not None:
         import ray
 

@@ -103,7 +103,7 @@ def derive_model(fp32: bytes, precision: str, calibration: str | None, inputs: l
 
 
 def cached_model(folder: Path, settings: dict[str, Any], build) -> tuple[Path, bytes, bool]:
-    """(path, bytes, reused) of the model file for `settings`; `build()` -> (bytes, summary) makes it if absent.
+    """(path, bytes, reused) of the model for `settings`; `build()` -> (bytes, summary) makes it if absent.
 
     The file is named by the sha256 of the settings; a JSON sidecar records them with the build summary.
     """

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class TorchBackend:
-    """One torch model on one device; channels-last on CPU where it is faster (see README, "CPU fast path")."""
+    """One torch model on one device; channels-last on CPU where faster (see README, "CPU fast path")."""
 
     name = "torch"
 

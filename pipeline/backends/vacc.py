@@ -1,4 +1,4 @@
-"""VACC inference (`--backend vacc`): a compiled UNet on one Vastai VACC die, through the `vaststreamx` runtime.
+"""VACC inference (`--backend vacc`): a compiled UNet on one Vastai VACC die, via the `vaststreamx` runtime.
 
 Driver side, once per job (`prepare_vacc`): check that the SDK is installed, that the three compiled-model
 files exist (local or S3) and that the VDSP op normalises as the run's processing does; record the model
@@ -287,8 +287,8 @@ class VaccBackend:
         return np.stack(outputs)
 
     def _image(self, image: np.ndarray):
-        """One (h, w, c) uint8 image as the RGB_PLANAR runtime image the VDSP op takes, made for this die (a grey
-        image's plane replicated to the three planes)."""
+        """One (h, w, c) uint8 image as the RGB_PLANAR runtime image the VDSP op takes, made for this die (a
+        grey image's plane replicated to the three planes)."""
         height, width = self.input_size
         planes = np.repeat(image.transpose(2, 0, 1), 3,
                            axis=0) if self.in_channels == 1 else image.transpose(2, 0, 1)
@@ -296,8 +296,8 @@ class VaccBackend:
                                       self.die_id)
 
     def close(self) -> None:
-        """Drop the runtime objects (stream, graph, model op, pre-ops, model: the reverse of building) and release
-        the die. Idempotent."""
+        """Drop the runtime objects (stream, graph, model op, pre-ops, model: the reverse of building) and
+        release the die. Idempotent."""
         with self._lock:
             if self._closed:
                 return

@@ -45,15 +45,15 @@ def default_lock_dir() -> str:
 
 
 def resource_share(actors_per_die: int) -> float:
-    """The amount of the Ray resource `VACC` one actor requests: 1/K, rounded down to Ray's 0.0001 precision so
-    that K actors always fit on one die."""
+    """The amount of the Ray resource `VACC` one actor requests: 1/K, rounded down to Ray's 0.0001 precision
+    so that K actors always fit on one die."""
     check_actors_per_die(actors_per_die)
     return math.floor(10_000 / actors_per_die) / 10_000
 
 
 def check_cluster_offers_dies(actors_per_die: int) -> None:
-    """Fail now, not in a silent wait for actors that can never be placed, when the connected Ray cluster declares
-    no `VACC` resource (a Ray that unet-pipeline starts by itself never does)."""
+    """Fail now, not in a silent wait for actors that can never be placed, when the connected Ray cluster
+    declares no `VACC` resource (a Ray that unet-pipeline starts by itself never does)."""
     import ray
 
     if float(ray.cluster_resources().get("VACC", 0.0)) < resource_share(actors_per_die):

@@ -1,4 +1,4 @@
-"""The `vacc` registry entry: how VACC actors are prepared, placed and built (the backend is `vacc.VaccBackend`).
+"""The `vacc` registry entry: how VACC actors are prepared, placed and built (backend: `vacc.VaccBackend`).
 
 Each actor asks Ray for 1/K of a `VACC` unit (K = `--actors-per-die`) and claims a die on its node; the number
 of actors is the cluster's `VACC` total x K. The SDK is located on the driver before Ray starts, and a cluster

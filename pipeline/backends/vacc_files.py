@@ -144,8 +144,9 @@ def parse_vdsp(data: Any, where: str) -> VdspConfig:
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"{where} is not a VDSP pre-processing JSON ({type(err).__name__}: {err}): expected "
-            f'{{"OpType": "{FUSION_OP}", "OpConfig": {{"IimageFormat": ..., "NormaType": ..., "OimageWidth": ..., '
-            '"OimageHeight": ..., ...}} as in Vastai\'s model zoo (cv/segmentation/unet/build_in/vdsp_params/).'
+            f'{{"OpType": "{FUSION_OP}", "OpConfig": {{"IimageFormat": ..., "NormaType": ..., '
+            '"OimageWidth": ..., "OimageHeight": ..., ...}} as in Vastai\'s model zoo '
+            "(cv/segmentation/unet/build_in/vdsp_params/)."
         ) from err
     if parsed.image_format == "GRAY":
         raise ConfigError(
@@ -154,7 +155,8 @@ def parse_vdsp(data: Any, where: str) -> VdspConfig:
             "IimageFormat RGB_PLANAR, as `unet-pipeline export` now writes (re-export, or edit the JSON), "
             "or leave vacc_vdsp_params unset; the vacc backend replicates a one-channel model's grey plane "
             "itself.")
-    if op_type != FUSION_OP or parsed.image_format not in IMAGE_FORMAT_CHANNELS or parsed.norm_type not in NORM_TYPES:
+    if (op_type != FUSION_OP or parsed.image_format not in IMAGE_FORMAT_CHANNELS
+            or parsed.norm_type not in NORM_TYPES):
         raise ConfigError(
             f"{where} has OpType {op_type!r}, IimageFormat {parsed.image_format!r}, NormaType "
             f"{parsed.norm_type!r}; this backend feeds OpType {FUSION_OP} with IimageFormat one of "

@@ -1,4 +1,4 @@
-"""`backend:precision[:key=value...]`: one backend configuration, as `bench --compare` and `table --variants` take it.
+"""`backend:precision[:key=value...]`: a backend configuration, for `bench --compare` and `table --variants`.
 
 Example:
     >>> v = BackendVariant.parse("torch:fp32:channels_last=0")

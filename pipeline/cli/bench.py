@@ -8,7 +8,12 @@ from typing import Any
 import click
 
 from pipeline.cli.options import (
-    build_config, data_options, execution_options, explicit_params, model_options, processing_options,
+    build_config,
+    data_options,
+    execution_options,
+    explicit_params,
+    model_options,
+    processing_options,
 )
 
 
@@ -39,7 +44,8 @@ def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bo
       unet-pipeline bench -m milesial -c unet_carvana_scale0.5_epoch2.pth -i carvana/ -l carvana --scale 0.5
     """
     from pipeline.backends.variants import parse_variants
-    from pipeline.bench import bench as run_bench, format_report
+    from pipeline.bench import bench as run_bench
+    from pipeline.bench import format_report
     from pipeline.defaults import DEFAULT_RUN, default_checkpoint, default_dataset
 
     explicit = explicit_params(ctx)

@@ -11,15 +11,15 @@ import click
 from pipeline.cli.options import model_options
 from pipeline.errors import ConfigError
 from pipeline.io.images import IMAGE_EXTENSIONS
-from pipeline.sizes import parse_shape
 from pipeline.quantize import CALIBRATION_METHODS
 from pipeline.quantize.methods import DEFAULT as DEFAULT_CALIBRATION
+from pipeline.sizes import parse_shape
 
 if TYPE_CHECKING:
     from pipeline.export.vamc import CalibrationData
 
-IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS if e not in (".gif",
-                                                                            ".webp"))  # vamc reads with OpenCV
+IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS
+                       if e not in (".gif", ".webp"))  # vamc reads with OpenCV
 
 
 def calibration_data_of(folder: str, requested: int) -> CalibrationData:

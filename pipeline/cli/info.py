@@ -44,7 +44,8 @@ def models(shape: str | None, convention: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = f"{'name':<22} {'params (M)':>10} {'GFLOPs':>9} {'at shape':>11} {'default size':>12} {'classes':>7}  source"
+    header = (f"{'name':<22} {'params (M)':>10} {'GFLOPs':>9} {'at shape':>11} {'default size':>12} "
+              f"{'classes':>7}  source")
     click.echo(header)
     for r in rows:
         at = "x".join(str(v) for v in r["input_shape"])

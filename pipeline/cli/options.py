@@ -204,7 +204,7 @@ def explicit_params(ctx: click.Context) -> set[str]:
 
 def build_config(command: str, params: dict[str, Any], explicit: set[str],
                  defaults: dict[str, Any] | None = None) -> RunConfig:
-    """Merge RunConfig's defaults < `defaults` (the built-in run) < config file < options given on the command line."""
+    """Merge RunConfig's defaults < `defaults` (the built-in run) < config file < command-line options."""
     merged: dict[str, Any] = {"command": command, **(defaults or {})}
     merged.update(load_config_file(params.get("config_file")))
     for key in RunConfig.keys():

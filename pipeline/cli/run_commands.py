@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from pipeline.cli.options import (
-    build_config, data_options, execution_options, explicit_params, gate_options, history_options,
+    build_config,
+    data_options,
+    execution_options,
+    explicit_params,
+    gate_options,
+    history_options,
     model_options,
-    output_options, processing_options,
+    output_options,
+    processing_options,
 )
 from pipeline.config import RunConfig
 
@@ -25,7 +31,8 @@ if TYPE_CHECKING:
 class RunHooks:
     """What a program embedding the CLI (the Ray job entry points) passes as click's `obj`."""
 
-    progress: Callable[[], Progress] | None = None  # e.g. LineProgress: lines for a job log, whatever the terminal
+    # e.g. LineProgress: progress lines for a job log, whatever the terminal says
+    progress: Callable[[], Progress] | None = None
 
 
 def run_options(func):
@@ -59,9 +66,12 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
                    f"{metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}")
         width = max(len(name) for name in metrics["class_names"])
         click.echo(f"  {'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'pixels':>10}")
+
+        def fmt(v: float | None) -> str:
+            return "    n/a" if v is None else f"{v:7.4f}"
+
         for name in metrics["class_names"]:
             iou, acc = metrics["per_class_iou"][name], metrics["per_class_accuracy"][name]
-            fmt = (lambda v: "    n/a" if v is None else f"{v:7.4f}")
             click.echo(f"  {name.ljust(width)}  {fmt(iou)}  {fmt(acc)}  "
                        f"{metrics['per_class_support'][name]:>10}")
     timings = metrics["timings"]
@@ -89,7 +99,6 @@ def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
 
 def _execute(config: RunConfig, as_json: bool) -> None:
     from pipeline.history import RegressionGateFailed
-
     from pipeline.progress import progress_for
 
     hooks = click.get_current_context().find_object(RunHooks) or RunHooks()
@@ -116,7 +125,8 @@ def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of a summary.")
 @click.pass_context
 def score(ctx: click.Context, as_json: bool, **params: Any) -> None:
-    """Score a model on a labelled dataset: masks, per-image scores and metrics.json (mIoU, per-class IoU, ...).
+    """Score a model on a labelled dataset: masks, per-image scores and metrics.json (mIoU, per-class
+    IoU, ...).
 
     With no --input, runs the built-in default: a synthetic shapes dataset and a small trained checkpoint.
 

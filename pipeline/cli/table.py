@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
+from pipeline.backends.variants import parse_variants
 from pipeline.cli.options import load_config_file
 from pipeline.quantize import CALIBRATION_METHODS
-from pipeline.backends.variants import parse_variants
 from pipeline.sizes import parse_sizes
 from pipeline.table import BUILTIN_SHAPES, DEFAULT_VARIANTS, ModelEntry, TableSpec
 
@@ -23,7 +23,8 @@ def _entries(models: tuple[str, ...], checkpoints: tuple[str, ...], from_file: l
                                    f"every model from its file: got {len(models)} --model and "
                                    f"{len(checkpoints)} --checkpoint.")
         names = models or (None,) * len(checkpoints)
-        return tuple(ModelEntry(checkpoint, name) for name, checkpoint in zip(names, checkpoints))
+        return tuple(ModelEntry(checkpoint, name)
+                     for name, checkpoint in zip(names, checkpoints, strict=True))
     if models:
         raise click.UsageError("--model needs a --checkpoint (only the built-in milesial model has one "
                                "packaged).")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pipeline.datasets.base import Item, LabelRule, Layout
-from pipeline.io.images import IGNORE_INDEX
 from pipeline.datasets.containers import CONTAINER_LAYOUTS, ContainerLayout, Sample
 from pipeline.datasets.files import FILE_LAYOUTS, VOC_CLASSES
+from pipeline.io.images import IGNORE_INDEX
 from pipeline.registry import Registry
 
 LAYOUTS: Registry[Layout] = Registry("layout")

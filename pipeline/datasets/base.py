@@ -14,17 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.io import fs
 from pipeline.config import DataConfig
+from pipeline.io import fs
 from pipeline.io.images import (
-    IGNORE_INDEX, IMAGE_EXTENSIONS, check_class_range, decode_class_indices, map_label_values,
+    IGNORE_INDEX,
+    IMAGE_EXTENSIONS,
+    check_class_range,
+    decode_class_indices,
+    map_label_values,
 )
-
 
 
 @dataclass(frozen=True)
 class Item:
-    """One input of a file layout. `image` is None for a label whose image is missing (recorded as an error)."""
+    """One input of a file layout. `image` is None when a label's image is missing (recorded as an error)."""
 
     id: str
     image: str | None

@@ -105,7 +105,7 @@ class FolderLayout(Layout):
 
 @dataclass(frozen=True)
 class VocLayout(Layout):
-    """PASCAL VOC: ids from ImageSets/Segmentation/<split>.txt, JPEGImages/<id>.jpg, SegmentationClass/<id>.png.
+    """PASCAL VOC: ids in ImageSets/Segmentation/<split>.txt, JPEGImages/<id>.jpg, SegmentationClass/<id>.png.
 
     The root may be the VOC2012 folder itself or a folder holding VOCdevkit/VOC2012 (or bubbliiiing's
     VOC2007).

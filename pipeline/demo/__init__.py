@@ -1,1 +1,1 @@
-"""The built-in default: a synthetic shapes dataset and a small milesial UNet trained on it by this project."""
+"""Built-in default: a synthetic shapes dataset and a small milesial UNet trained on it by this project."""

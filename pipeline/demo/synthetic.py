@@ -11,8 +11,8 @@ The same index always gives the same image and label (numpy's PCG64 seeded by in
 from __future__ import annotations
 
 import os
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -65,7 +65,8 @@ def make_sample(index: int, size: tuple[int, int] | None = None) -> tuple[Image.
         kind, geometry = shape
         getattr(draw_label, kind)(geometry, fill=cls)
         getattr(draw_image, kind)(geometry, fill=colour)
-    edges = np.asarray(label.filter(ImageFilter.MaxFilter(3))) != np.asarray(label.filter(ImageFilter.MinFilter(3)))
+    edges = (np.asarray(label.filter(ImageFilter.MaxFilter(3)))
+             != np.asarray(label.filter(ImageFilter.MinFilter(3))))
     label = Image.fromarray(np.where(edges, VOID, np.asarray(label)).astype(np.uint8), "L")
     pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(0.6)), np.float32)
     pixels += rng.normal(0, 7, pixels.shape)

@@ -5,8 +5,8 @@ Two exports, one per consumer:
 * `export_onnx` (the onnx backend): opset 13 (`OPSET`), the first whose QuantizeLinear/DequantizeLinear take a
   per-channel `axis`, which the int8 path needs; a dynamic batch axis, and H and W dynamic unless `input_size`
   fixes them. Tracing records shape arithmetic as graph ops (e.g. milesial's padding of each up-sampled map to
-  its skip map: Shape/Gather/Sub/Div/Cast/Unsqueeze/Concat/ConstantOfShape/Reshape/Slice/Transpose computing the
-  Pad inputs, 297 nodes for the packaged model), so the graph takes any H and W the model takes.
+  its skip map: Shape/Gather/Sub/Div/Cast/Unsqueeze/Concat/ConstantOfShape/Reshape/Slice/Transpose computing
+  the Pad inputs, 297 nodes for the packaged model), so the graph takes any H and W the model takes.
 * `export_static_onnx` (`unet-pipeline export`, for vamc): what Vastai's zoo compiles, i.e. opset 11
   (`STATIC_OPSET`: the zoo exports its UNets with `torch.onnx.export(..., opset_version=11)`, and every op
   the three families need exists in it) and one static input shape [1, C, H, W] (the zoo's `frontend.shape`).
@@ -67,7 +67,7 @@ def import_onnxslim() -> Any:
 
 
 def trace_size(loaded: LoadedModel) -> tuple[int, int]:
-    """(H, W) of the example input for a dynamic-size export: TRACE_SIZE, rounded up to the model's divisor."""
+    """(H, W) of the example input for a dynamic-size export: TRACE_SIZE rounded up to the model's divisor."""
     divisor = loaded.family.input_divisor
     side = max(divisor, -(-TRACE_SIZE // divisor) * divisor)
     return side, side
@@ -173,8 +173,8 @@ def _set_metadata(model: onnx.ModelProto, loaded: LoadedModel, policy: str) -> N
 
 
 def static_graph_problems(model: onnx.ModelProto) -> list[str]:
-    """What keeps `model` from being a static, folded graph: dynamic dimensions, ops that read shapes, and nodes
-    whose inputs are all constants (a computation the folding left in). Empty when there is none."""
+    """What keeps `model` from being a static, folded graph: dynamic dimensions, ops that read shapes, and
+    nodes whose inputs are all constants (a computation the folding left in). Empty when there is none."""
     graph = model.graph
     problems = []
     for value in list(graph.input) + list(graph.output):
@@ -226,7 +226,7 @@ def export_static_onnx(loaded: LoadedModel, input_size: tuple[int, int], *,
 
 
 def difference_from_torch(loaded: LoadedModel, model: onnx.ModelProto, seed: int = 0) -> float:
-    """Largest |onnxruntime - torch| over the outputs for one random input of the ONNX model's static shape."""
+    """Largest |onnxruntime - torch| of the outputs for one random input of the ONNX model's static shape."""
     import numpy as np
     import onnxruntime as ort
     import torch

@@ -1,4 +1,4 @@
-"""The build configuration Vastai's model compiler takes (`vamc compile <yaml>`), in the format of the zoo's UNets.
+"""The build configuration Vastai's model compiler takes (`vamc compile <yaml>`), in the zoo's UNets' format.
 
 Modelled on VastModelZOO's `cv/segmentation/unet/build_in/build/{milesial,bubbliiiing,keras}_unet.yaml`; the
 result differs from those files only in paths, names, sizes and the calibration method:

@@ -70,7 +70,8 @@ class PartRecord:
                    num_ok=int(data["num_ok"]), num_errors=int(data["num_errors"]),
                    scores=ConfusionAccumulator.from_json(data),
                    errors=tuple(ErrorRecord.from_json(e) for e in data["errors"]), files=tuple(data["files"]),
-                   committed=bool(data.get("committed", True)), inferred_at=float(data.get("inferred_at", 0.0)),
+                   committed=bool(data.get("committed", True)), inferred_at=float(data.get("inferred_at",
+                                                                                           0.0)),
                    written_at=float(data.get("written_at", 0.0)))
 
 

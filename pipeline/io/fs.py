@@ -15,8 +15,8 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from typing import Any, BinaryIO
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from pipeline.errors import ConfigError, InputError
 
@@ -27,7 +27,7 @@ _COUNTS = threading.local()
 
 @contextlib.contextmanager
 def count_skipped() -> Iterator[None]:
-    """Within the block, in this thread, listings count the hidden files (names starting with '.') they skip."""
+    """Within the block, in this thread, listings count the hidden files (names starting with '.')."""
     previous = getattr(_COUNTS, "hidden", None)
     _COUNTS.hidden = 0
     try:
@@ -59,10 +59,11 @@ class S3Options:
     endpoint_url: str | None = None
     region: str | None = None
     anonymous: bool = False
-    max_attempts: int = 10  # botocore "standard" retries: throttling, 5xx and connection errors, with back-off
+    max_attempts: int = 10  # botocore "standard" retries: throttling, 5xx, connection errors, with back-off
 
     def resolved(self) -> S3Options:
-        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL"))
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         return S3Options(endpoint or None, region or None, self.anonymous, self.max_attempts)
 
@@ -157,7 +158,7 @@ class LocalStorage:
             os.unlink(path)
 
     def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
-        """Pages of file paths directly under directory `prefix` (sorted within a page), streamed from readdir."""
+        """Pages of file paths directly under `prefix/` (sorted within a page), streamed from readdir."""
         if not os.path.isdir(prefix):
             return
         page: list[str] = []
@@ -171,7 +172,7 @@ class LocalStorage:
                 try:
                     if not entry.is_file():
                         continue
-                except OSError:  # a symbolic-link loop, an entry that vanished: the read records it as an error
+                except OSError:  # a symbolic-link loop, a vanished entry: the read records the error
                     pass
                 page.append(entry.path)
                 if len(page) >= size:
@@ -218,7 +219,8 @@ class S3Storage:
 
         bucket, _, key = self._key(path).partition("/")
         prefix = key.rstrip("/") + "/" if key else ""
-        out = sync(self._fs.loop, self._fs._call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        out = sync(self._fs.loop, self._fs._call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix,
+                   MaxKeys=1)
         return bool(out.get("KeyCount") or out.get("Contents") or out.get("CommonPrefixes"))
 
     def size(self, path: str) -> int:
@@ -244,7 +246,7 @@ class S3Storage:
         return self._fs.open(self._key(path), "rb", block_size=8 * 2**20)
 
     def iter_files(self, prefix: str, page_size: int = 1000) -> Iterator[list[str]]:
-        """Pages of object URIs directly under `prefix/`, one ListObjectsV2 call per page (never the whole bucket)."""
+        """Pages of object URIs directly under `prefix/`, a ListObjectsV2 call each (not the whole bucket)."""
         yield from self._pages(prefix, page_size)
 
     def iter_range(self, prefix: str, first: str, last: str, page_size: int = 1000) -> Iterator[str]:

@@ -25,7 +25,6 @@ from pipeline.io import fs
 from pipeline.io.outputs import MASKS
 from pipeline.metrics.bootstrap import ImageStats, image_stats
 
-
 COLUMNS = ("id", "confusion")
 READ_THREADS = 8  # files in flight: S3 latency, not bandwidth, bounds reading many small parts
 BATCH_ROWS = 4096  # rows decoded at a time: 4096 x 21 x 21 int64 = 14 MiB

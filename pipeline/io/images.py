@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -15,7 +16,7 @@ from pipeline.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; above this an input is treated as a decompression bomb
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")  # what layouts list
-IGNORE_INDEX = 255  # label value that is not scored (VOC's "void"); class masks are uint8, so at most 255 classes
+IGNORE_INDEX = 255  # label value not scored (VOC's "void"); class masks are uint8, so at most 255 classes
 
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))

@@ -1,10 +1,10 @@
 """One writer per output folder: `_run/lock.json` names the run that holds it, and a second run is refused.
 
-The lock records the holder's host, process id and process start time, and a heartbeat the holder refreshes every
-`HEARTBEAT_SECONDS`. A lock is stale, and taken over, when its holder is known to be gone: on the same host, no
-process with that id and start time is alive; elsewhere, its heartbeat is older than `STALE_SECONDS`. After
-writing its lock a run reads it back: of two runs racing for a stale lock, only the one whose record is there
-goes on.
+The lock records the holder's host, process id and process start time, and a heartbeat the holder refreshes
+every `HEARTBEAT_SECONDS`. A lock is stale, and taken over, when its holder is known to be gone: on the same
+host, no process with that id and start time is alive; elsewhere, its heartbeat is older than `STALE_SECONDS`.
+After writing its lock a run reads it back: of two runs racing for a stale lock, only the one whose record is
+there goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pipeline.errors import ConfigError
 from pipeline.io import fs
@@ -51,7 +51,7 @@ class LockHolder:
     @classmethod
     def me(cls) -> LockHolder:
         return cls(socket.gethostname(), os.getpid(), process_start_time(os.getpid()),
-                   datetime.now(timezone.utc).isoformat(timespec="seconds"), uuid.uuid4().hex, time.time())
+                   datetime.now(UTC).isoformat(timespec="seconds"), uuid.uuid4().hex, time.time())
 
     def alive(self) -> bool:
         if self.host == socket.gethostname():
@@ -95,9 +95,9 @@ class OutputLock:
             fs.storage_for(self.uri, self.s3).delete(self.uri)
 
     def _refusal(self, holder: LockHolder) -> str:
-        return (f"--output {self.output} is being written by another run ({holder.describe()}): two runs must not "
-                "write one output. Wait for it to finish, or pick another --output. If that run is gone and this "
-                f"message persists, delete {self.uri}.")
+        return (f"--output {self.output} is being written by another run ({holder.describe()}): two runs "
+                "must not write one output. Wait for it to finish, or pick another --output. If that run is "
+                f"gone and this message persists, delete {self.uri}.")
 
     def _read(self) -> LockHolder | None:
         storage = fs.storage_for(self.uri, self.s3)

@@ -1,14 +1,14 @@
 """Cutting a dataset into shards, and remembering the cut so that a resumed run sees the same shards.
 
-A shard is the unit of listing, committing and resuming. For file layouts the listing is streamed into manifest
-files of `shard_size` items each (`<run>/_run/manifest/shard-NNNNNN.jsonl`), so the driver never holds the list
-of inputs; for container layouts (parquet, webdataset) each container file is a shard. `index.json`, written
-last, records the shards (manifests named relative to the run folder, so the folder can be moved); its presence
-means the listing finished.
+A shard is the unit of listing, committing and resuming. For file layouts the listing is streamed into
+manifest files of `shard_size` items each (`<run>/_run/manifest/shard-NNNNNN.jsonl`), so the driver never
+holds the list of inputs; for container layouts (parquet, webdataset) each container file is a shard.
+`index.json`, written last, records the shards (manifests named relative to the run folder, so the folder can
+be moved); its presence means the listing finished.
 
-`Listing` lists in a background thread and hands out shards as their manifests are written, so the first shards
-are scored while later pages are still being listed. Files whose names start with a dot are skipped and counted
-(`skipped_hidden`).
+`Listing` lists in a background thread and hands out shards as their manifests are written, so the first
+shards are scored while later pages are still being listed. Files whose names start with a dot are skipped and
+counted (`skipped_hidden`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 
 
 def read_index(run_dir: str, s3: fs.S3Options | None = None) -> dict | None:
-    """The finished listing of a run (`index.json`, manifest URIs made absolute), or None if it never finished."""
+    """A run's finished listing (`index.json`, manifest URIs made absolute), or None if it never finished."""
     uri = fs.join(manifest_dir(run_dir), INDEX_NAME)
     storage = fs.storage_for(uri, s3)
     if not storage.exists(uri):
@@ -86,8 +86,8 @@ def _relative(run_dir: str, ref: ShardRef) -> str:
 class Listing:
     """The shards of one run's input, listed (or read back for `--resume`) in a background thread.
 
-    Iterate `shards()` to get each shard as soon as its manifest is written; `all()` waits for the end. A listing
-    error (no such folder, no inputs) is raised by both.
+    Iterate `shards()` to get each shard as soon as its manifest is written; `all()` waits for the end. A
+    listing error (no such folder, no inputs) is raised by both.
     """
 
     def __init__(self, layout: Layout, input_uri: str, options: DataConfig, run_dir: str, shard_size: int,
@@ -130,20 +130,15 @@ class Listing:
         """Every shard in order, each as soon as it is listed (blocks until the next one or the end)."""
         position = 0
         while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._done or len(self._shards) > position)
-                if self._error is not None:
-                    raise self._error
-                available = self._shards[position:]
-                finished = self._done
+            available, finished = self.new_shards(position)
             yield from available
             position += len(available)
             if finished and not available:
                 return
 
     def new_shards(self, seen: int) -> tuple[list[ShardRef], bool]:
-        """(shards listed after the first `seen`, whether the listing has ended): blocks until there is at least
-        one new shard or the end."""
+        """(shards listed after the first `seen`, whether the listing has ended); blocks until there is a new
+        shard or the end."""
         with self._changed:
             self._changed.wait_for(lambda: self._done or len(self._shards) > seen)
             if self._error is not None:
@@ -183,8 +178,8 @@ class Listing:
             if index["input"] != self.input_uri or index["layout"] != self.layout.name:
                 raise ConfigError(
                     f"--resume: the run at {self.run_dir} was made from {index['input']} ({index['layout']} "
-                    f"layout), not {self.input_uri} ({self.layout.name}). Resume with the same --input/--layout, "
-                    "or pick a new --output.")
+                    f"layout), not {self.input_uri} ({self.layout.name}). Resume with the same "
+                    "--input/--layout, or pick a new --output.")
             self.skipped_hidden = int(index.get("skipped_hidden", 0))
             for ref in index["shards"]:
                 self.inputs += ref.size or 0
@@ -193,8 +188,8 @@ class Listing:
         layout = self.layout
         if isinstance(layout, ContainerLayout):
             if self.limit is not None:
-                raise ConfigError(f"--limit works with file layouts, not with {layout.name} containers: split the "
-                                  "containers, or score them whole.")
+                raise ConfigError(f"--limit works with file layouts, not with {layout.name} containers: "
+                                  "split the containers, or score them whole.")
             for i, uri in enumerate(layout.containers(self.input_uri, self.s3)):
                 if i == 0:
                     layout.check(uri, self.options, self.s3, self.expect_labels)
@@ -208,19 +203,20 @@ class Listing:
                 data = "".join(json.dumps([it.id, it.image, it.label]) + "\n" for it in chunk).encode("utf-8")
                 if self.reuse and storage.exists(uri) and storage.read_bytes(uri) != data:
                     raise ConfigError(
-                        f"--resume: the input {self.input_uri} lists differently from the interrupted run (shard {i} "
-                        "changed), and that run's listing never finished, so its committed parts cannot be matched "
-                        "to inputs. Run again without --resume.")
+                        f"--resume: the input {self.input_uri} lists differently from the interrupted run "
+                        f"(shard {i} changed), and that run's listing never finished, so its committed parts "
+                        "cannot be matched to inputs. Run again without --resume.")
                 storage.write_bytes(uri, data)
                 self.inputs += len(chunk)
                 self._add(ShardRef(i, uri, "items", len(chunk)))
         if not self._shards:
             raise ConfigError(
-                f"No inputs found in {self.input_uri} for the {layout.name} layout: check --input and --layout "
-                "(`unet-pipeline layouts` lists what each layout expects).")
+                f"No inputs found in {self.input_uri} for the {layout.name} layout: check --input and "
+                "--layout (`unet-pipeline layouts` lists what each layout expects).")
         self.skipped_hidden = fs.skipped_now()
         index_data = {"input": self.input_uri, "layout": layout.name, "skipped_hidden": self.skipped_hidden,
-                      "shards": [{**ref.__dict__, "uri": _relative(self.run_dir, ref)} for ref in self._shards]}
+                      "shards": [{**ref.__dict__, "uri": _relative(self.run_dir,
+                                                                   ref)} for ref in self._shards]}
         storage.write_bytes(fs.join(directory, INDEX_NAME), json.dumps(index_data).encode("utf-8"))
 
 
@@ -232,7 +228,8 @@ def plan_shards(layout: Layout, input_uri: str, options: DataConfig, run_dir: st
     With `reuse`, an existing complete manifest (same input and layout) is returned instead of listing again,
     which is what makes `--resume` see exactly the shards of the interrupted run.
     """
-    return Listing(layout, input_uri, options, run_dir, shard_size, s3, reuse, expect_labels, limit).start().all()
+    return Listing(layout, input_uri, options, run_dir, shard_size, s3, reuse, expect_labels,
+                   limit).start().all()
 
 
 def read_items(ref: ShardRef, s3: fs.S3Options | None = None) -> list[Item]:

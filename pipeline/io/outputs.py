@@ -32,7 +32,8 @@ REPORT_FILES = f"{REPORT_STEM}_files"
 MASKS = "masks"
 PNG = "png"
 RUN_STATE = "_run"
-OWN_OUTPUTS = (f"{RUN_STATE}/manifest", f"{RUN_STATE}/parts", f"{RUN_STATE}/images", f"{RUN_STATE}/settings.json",
+OWN_OUTPUTS = (f"{RUN_STATE}/manifest", f"{RUN_STATE}/parts", f"{RUN_STATE}/images",
+               f"{RUN_STATE}/settings.json",
                MASKS, PNG, METRICS, SUMMARY, ERRORS, REPORT_HTML, REPORT_MD, REPORT_FILES)
 """Everything a run writes into its output, but its lock: what a fresh (not resumed) run clears first."""
 
@@ -41,7 +42,7 @@ _MAX_STEM = 120
 
 
 def safe_name(item_id: str) -> str:
-    """A file name for an input id that cannot leave its folder: no '/', no leading dot, at most 131 characters.
+    """A file name for an input id that stays in its folder: no '/' or leading dot, at most 131 characters.
 
     Ids that had to be changed get a short hash of the original, so two different ids never share a name.
 

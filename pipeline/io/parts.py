@@ -1,13 +1,14 @@
-"""Writing a run's results, one part at a time: masks to Parquet and/or PNG, per-image scores, a commit record.
+"""Writing a run's results one part at a time: masks to Parquet and/or PNG, per-image scores, a commit record.
 
 The inference actor that predicted a batch writes and commits it before it takes the next one
 (`pipeline.pool`), so results reach storage within milliseconds of their inference and never wait in Ray's
 object store. A part is the rows of one shard in one batch. Its files are named by shard and first row, so a
-re-run overwrites rather than duplicates, and its commit record is written last (`pipeline.io.commits`): a part
-without a record is incomplete and is redone by `--resume`. Every file is written whole or not at all (local:
-temporary file + rename; S3: one PUT), and named relative to the output in the record, so a run folder can be
-moved or copied and still resumed. A part whose rows include a storage failure (stage "storage") is counted in
-this run's metrics but left uncommitted, so `--resume` tries those inputs again instead of keeping the failure.
+re-run overwrites rather than duplicates, and its commit record is written last (`pipeline.io.commits`): a
+part without a record is incomplete and is redone by `--resume`. Every file is written whole or not at all
+(local: temporary file + rename; S3: one PUT), and named relative to the output in the record, so a run folder
+can be moved or copied and still resumed. A part whose rows include a storage failure (stage "storage") is
+counted in this run's metrics but left uncommitted, so `--resume` tries those inputs again instead of keeping
+the failure.
 """
 
 from __future__ import annotations
@@ -38,13 +39,10 @@ class PartSettings:
     """What the parts of one run hold, and where they go (picklable: it travels to the inference actors).
 
     Attributes:
-        output: the run's output folder.
-        formats: subset of ("parquet", "png").
-        num_classes: classes of the masks.
-        score: whether rows carry labels to score.
-        model_name: the model family, stored in every Parquet row.
-        s3: S3 options when the output is on S3.
-        png_file: how a mask becomes a PNG file (default: the Parquet's PNG: class indices, VOC palette up to 21
+        output: the run's output folder. formats: subset of ("parquet", "png"). num_classes: classes of the
+        masks. score: whether rows carry labels to score. model_name: the model family, stored in every
+        Parquet row. s3: S3 options when the output is on S3. png_file: how a mask becomes a PNG file
+        (default: the Parquet's PNG: class indices, VOC palette up to 21
             classes; `--png-values upstream`: the upstream predict script's file).
     """
 
@@ -66,12 +64,13 @@ def write_parts(settings: PartSettings, columns: Mapping[str, np.ndarray]) -> li
     by_shard: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         by_shard.setdefault(int(row["shard"]), []).append(row)
-    return [write_part(settings, shard, shard_rows, inferred_at) for shard, shard_rows in sorted(by_shard.items())]
+    return [write_part(settings, shard, shard_rows, inferred_at) for shard,
+            shard_rows in sorted(by_shard.items())]
 
 
 def write_part(s: PartSettings, shard: int, rows: list[dict[str, Any]], inferred_at: float | None = None,
                ) -> PartRecord:
-    """Score, encode and write the rows of one part, then commit it (unless a storage failure is among them)."""
+    """Score, encode and write the rows of one part, then commit it (unless a row's storage failed)."""
     rows.sort(key=lambda r: r["row"])
     name = part_name(shard, rows[0]["row"])
     scores = ConfusionAccumulator(s.num_classes)

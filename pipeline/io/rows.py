@@ -50,7 +50,7 @@ IMAGE_STATS_SCHEMA = pa.schema([
 """Rows of the per-image matrices (`_run/images/part-*.parquet`), written by every scoring run."""
 
 STORAGE_STAGE = "storage"
-"""Error stage of a row whose storage failed (network, 5xx) after the client's retries: retried by --resume."""
+"""Error stage of a row whose storage failed (network, 5xx) after client retries: retried by --resume."""
 
 MAX_MESSAGE_CHARS = 2000  # an exception with a huge text must not bloat errors.jsonl
 
@@ -101,7 +101,7 @@ def failed(error: Any) -> bool:
 
 
 def failure_message(path: str, err: BaseException | str) -> str:
-    """The error text recorded for one input: names the file (unless the message does already), capped in size."""
+    """The error text recorded for one input: names the file (unless the message does), capped in size."""
     message = str(err) or type(err).__name__
     if path and path not in message:
         message = f"{path}: {message}"
@@ -111,7 +111,7 @@ def failure_message(path: str, err: BaseException | str) -> str:
 
 
 def record_failure(row: dict[str, list], i: int, stage: str, err: BaseException) -> None:
-    """Mark row `i` of a column dict as failed; a label's failure names the label file, any other the image."""
+    """Mark row `i` of a column dict failed; a label's failure names the label file, any other the image."""
     path = row["label_source"][i] if stage == "label" and row["label_source"][i] else row["source"][i]
     row["error_stage"][i] = stage
     row["error_class"][i] = type(err).__name__
@@ -119,7 +119,7 @@ def record_failure(row: dict[str, list], i: int, stage: str, err: BaseException)
 
 
 def object_column(values: list[Any]) -> np.ndarray:
-    """A 1-D object array of `values` (bytes, strings, None): the batch format Ray Data passes between stages."""
+    """A 1-D object array of `values` (bytes, str, None): the batch format Ray Data passes between stages."""
     column = np.empty(len(values), dtype=object)
     column[:] = values
     return column

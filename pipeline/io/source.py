@@ -29,7 +29,7 @@ _NETWORK_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs")
 
 
 def is_storage_failure(err: BaseException) -> bool:
-    """A failure of the storage rather than of the file: network, 5xx, throttling (after the client's retries).
+    """A failure of the storage, not of the file: network, 5xx, throttling (after the client's retries).
 
     Such rows are recorded with stage "storage", and their part is left uncommitted so that `--resume` tries
     them again (see `pipeline.io.sink`); a missing or unreadable file is the input's fault and is recorded for
@@ -38,7 +38,8 @@ def is_storage_failure(err: BaseException) -> bool:
     if isinstance(err, InputError):
         return False
     cause: BaseException | None = err
-    while cause is not None:  # s3fs re-raises a 503 SlowDown as OSError(EBUSY) caused by botocore's ClientError
+    # s3fs re-raises a 503 SlowDown as OSError(EBUSY) caused by botocore's ClientError
+    while cause is not None:
         if isinstance(cause, (ConnectionError, TimeoutError)):
             return True
         if type(cause).__module__.split(".")[0] in _NETWORK_PACKAGES:
@@ -77,7 +78,7 @@ def _read_item(shard: int, row: int, item: Item, expect_labels: bool, s3: fs.S3O
             f"label {item.label} has no image: add the image, or remove the label"))
     try:
         image = fs.read_bytes(item.image, s3)
-    except Exception as err:  # InputError: missing or unreadable; else the storage failed after its own retries
+    except Exception as err:  # InputError: missing or unreadable; else storage failed after its own retries
         return _row(shard, row, item.id, item.image, label_source, stage="read", error=err)
     label = None
     if expect_labels:
@@ -97,8 +98,8 @@ def _read_item(shard: int, row: int, item: Item, expect_labels: bool, s3: fs.S3O
 def read_shard(ref: ShardRef, layout: Layout, options: DataConfig, expect_labels: bool,
                s3: fs.S3Options | None, skip_rows: frozenset[int], block_rows: int,
                only: tuple[int, int] | None = None) -> Iterator[pa.Table]:
-    """Blocks of at most `block_rows` rows of one shard, rows numbered in a stable order; `only` = (first, end):
-    just those rows of a listed shard."""
+    """Blocks of at most `block_rows` rows of one shard, rows numbered in a stable order; `only` = (first,
+    end): just those rows of a listed shard."""
     rows: list[dict] = []
     if ref.kind == "items":
         first, end = only or (0, ref.size or 0)
@@ -156,9 +157,10 @@ class ReadUnit:
 
 def read_units(shards: Sequence[ShardRef], done: Mapping[int, frozenset[int]], chunk_rows: int,
                tail_shards: int) -> list[ReadUnit]:
-    """The read tasks of `shards`: one per shard, except the last `tail_shards` listed shards, cut into tasks of
-    `chunk_rows` rows so that the end of a run is dealt batch by batch to whichever actor is free (a whole shard
-    on one actor would leave the others idle). Rows committed by an earlier attempt (`done`) are skipped; a shard
+    """The read tasks of `shards`: one per shard, except the last `tail_shards` listed shards, cut into tasks
+    of `chunk_rows` rows so that the end of a run is dealt batch by batch to whichever actor is free (a whole
+    shard on one actor would leave the others idle). Rows committed by an earlier attempt (`done`) are
+    skipped; a shard
     with nothing left is dropped."""
     units: list[ReadUnit] = []
     for position, ref in enumerate(shards):

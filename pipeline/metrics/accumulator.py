@@ -78,7 +78,7 @@ class ConfusionAccumulator:
         return self.dice_sum / self.num_scored if self.num_scored else None
 
     def to_json(self) -> dict[str, Any]:
-        """`{"num_scored", "confusion" (flat, row-major), "dice_sum"}`: the state, as commit records store it."""
+        """`{"num_scored", "confusion" (flat, row-major), "dice_sum"}`: the state, as in commit records."""
         return {"num_scored": self.num_scored, "confusion": self.matrix.ravel().tolist(),
                 "dice_sum": self.dice_sum}
 

@@ -218,7 +218,7 @@ def intervals(samples: np.ndarray, estimates: np.ndarray, confidence: float) -> 
     if some.any():
         bounds[:, some] = np.nanpercentile(samples[:, some], [tail, 100 - tail], axis=0)
     return [Interval(float(e), float(lo), float(hi), int(d))
-            for e, lo, hi, d in zip(np.ravel(estimates), bounds[0], bounds[1], defined)]
+            for e, lo, hi, d in zip(np.ravel(estimates), bounds[0], bounds[1], defined, strict=True)]
 
 
 def groups_from_ids(ids: Sequence[str], pattern: str) -> np.ndarray:
@@ -343,7 +343,8 @@ class BootstrapResult:
     def to_dict(self) -> dict:
         return {**self.settings.to_dict(), "images": self.num_images, "groups": self.num_groups,
                 "scores": {name: iv.to_dict() for name, iv in self.scores.items()},
-                "per_class_iou": {n: iv.to_dict() for n, iv in zip(self.class_names, self.per_class_iou)}}
+                "per_class_iou": {n: iv.to_dict()
+                                  for n, iv in zip(self.class_names, self.per_class_iou, strict=True)}}
 
 
 def bootstrap_scores(images: ImageStats, settings: BootstrapSettings = DEFAULT_SETTINGS,

@@ -157,7 +157,8 @@ def compare_runs(a: ImageStats, b: ImageStats, settings: BootstrapSettings = DEF
     class_intervals = intervals(samples["per_class_iou"], est_b.per_class_iou - est_a.per_class_iou,
                                 settings.confidence)
     per_class = tuple(change(n, va, vb, iv) for n, va, vb, iv in
-                      zip(est_a.class_names, est_a.per_class_iou, est_b.per_class_iou, class_intervals))
+                      zip(est_a.class_names, est_a.per_class_iou, est_b.per_class_iou, class_intervals,
+                          strict=True))
     ranked, num_ranked = rank_image_changes(a, b, top_images)
     return Comparison(settings, len(a.ids), len(a.ids) if groups is None else len(np.unique(groups)),
                       est_a.class_names, scores, per_class, ranked, num_ranked)

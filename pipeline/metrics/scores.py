@@ -31,7 +31,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class SegmentationScores:
-    """Scores of one confusion matrix. Per-class lists are NaN where a class occurs in neither labels nor masks."""
+    """Scores of one confusion matrix. Per-class lists are NaN for a class in neither labels nor masks."""
 
     confusion_matrix: np.ndarray  # (C, C) int64, rows = ground truth
     class_names: tuple[str, ...]
@@ -50,7 +50,7 @@ class SegmentationScores:
             return [None if np.isnan(v) else float(v) for v in values]
 
         def named(values: np.ndarray) -> dict[str, float | None]:
-            return dict(zip(self.class_names, listed(values)))
+            return dict(zip(self.class_names, listed(values), strict=True))
 
         def number(value: float) -> float | None:
             return None if np.isnan(value) else float(value)
@@ -71,7 +71,7 @@ class SegmentationScores:
             "per_class_iou": named(self.per_class_iou),
             "per_class_accuracy": named(self.per_class_accuracy),
             "per_class_dice": named(self.per_class_dice),
-            "per_class_support": dict(zip(self.class_names, (int(v) for v in support))),
+            "per_class_support": dict(zip(self.class_names, (int(v) for v in support), strict=True)),
             "confusion_matrix": self.confusion_matrix.astype(np.int64).tolist(),
             "confusion_matrix_layout": "rows = ground truth, columns = prediction, pixel counts",
         }

@@ -63,7 +63,7 @@ def _conv_macs(module: Any, x: torch.Tensor, y: torch.Tensor, with_bias: bool) -
 
 
 def _adaptive_avg_macs(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    window = math.prod(i // o for i, o in zip(x.shape[2:], y.shape[2:]))
+    window = math.prod(i // o for i, o in zip(x.shape[2:], y.shape[2:], strict=True))
     return (window + 1) * y.numel()
 
 

@@ -111,7 +111,7 @@ def create_model(name: str, **config: Any) -> torch.nn.Module:
 
 
 def infer_family(state_dict: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str | None:
-    """The registered model whose checkpoint this is (the first family whose `recognises` says so), or None."""
+    """The registered model whose checkpoint this is (first family whose `recognises` says so), or None."""
     for name, family in MODELS.items():
         if family.recognises(state_dict, metadata or {}):
             return name

@@ -114,14 +114,14 @@ def collect_statistics(model, inputs: Sequence[np.ndarray], *, threads: int = 1)
     input_name = session.get_inputs()[0].name
     stats = {name: TensorStats(np.inf, -np.inf) for name in tensors}
     for x in inputs:
-        for name, value in zip(tensors, session.run(tensors, {input_name: x})):
+        for name, value in zip(tensors, session.run(tensors, {input_name: x}), strict=True):
             entry = stats[name]
             entry.minimum = min(entry.minimum, float(value.min()))
             entry.maximum = max(entry.maximum, float(value.max()))
     for entry in stats.values():
         entry.histogram = np.zeros(BINS, np.int64)
     for x in inputs:
-        for name, value in zip(tensors, session.run(tensors, {input_name: x})):
+        for name, value in zip(tensors, session.run(tensors, {input_name: x}), strict=True):
             entry = stats[name]
             scale = BINS / entry.abs_max if entry.abs_max > 0 else 0.0
             index = np.minimum((np.abs(value.ravel()) * scale).astype(np.int64), BINS - 1)

@@ -86,7 +86,7 @@ def emulate_fp16(model):
             if name in rounded:
                 nodes.extend(_round_pair(name, rounded[name]))
     copies = [onnx.NodeProto() for _ in nodes]
-    for copy, node in zip(copies, nodes):
+    for copy, node in zip(copies, nodes, strict=True):
         copy.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)

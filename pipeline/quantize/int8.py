@@ -54,7 +54,12 @@ def quantize_int8(model, ranges: dict[str, tuple[float, float]]):
     """
     import onnx
     from onnxruntime.quantization import (
-        CalibrationMethod, QuantFormat, QuantType, TensorData, TensorsData, quantize_static,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        TensorData,
+        TensorsData,
+        quantize_static,
         save_tensors_data,
     )
 

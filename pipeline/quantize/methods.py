@@ -114,4 +114,5 @@ def table_calibrations(precision: str, requested: str | None = None) -> tuple[st
 
 def precision_label(precision: str, calibration: str | None) -> str:
     """A table's precision cell: `int8 (kl_tensorrt)` for a calibrated row, the precision alone otherwise."""
-    return f"{precision} ({canonical_name(calibration)})" if precision == "int8" and calibration else precision
+    return (f"{precision} ({canonical_name(calibration)})" if precision == "int8" and calibration
+            else precision)

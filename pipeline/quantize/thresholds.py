@@ -91,7 +91,7 @@ def kl_threshold(histogram: np.ndarray, bin_width: float, levels: int) -> float:
 
 def percentile_threshold(histogram: np.ndarray, bin_width: float,
                          percentile: float = DEFAULT_PERCENTILE) -> float:
-    """The bin edge where the cumulative share of |x| reaches `percentile` % (NVIDIA's percentile calibration)."""
+    """The bin edge where |x|'s cumulative share reaches `percentile` % (NVIDIA's percentile calibration)."""
     hist = np.asarray(histogram, dtype=np.float64)
     total = hist.sum()
     if total == 0:

@@ -115,7 +115,8 @@ def _html_table(table: Table) -> str:
 
 def _html_cell(text: str) -> str:
     """A table cell; long text (paths, messages) may wrap anywhere, short values never wrap."""
-    return f'<td class="long">{html.escape(text)}</td>' if len(text) > LONG_CELL else f"<td>{html.escape(text)}</td>"
+    return (f'<td class="long">{html.escape(text)}</td>' if len(text) > LONG_CELL
+            else f"<td>{html.escape(text)}</td>")
 
 
 def _html_block(block: Block) -> str:
@@ -130,7 +131,7 @@ def _html_block(block: Block) -> str:
 
 
 def render_html(document: Document) -> str:
-    """The whole report as one HTML page with nothing outside it (no links, scripts, fonts or remote images)."""
+    """The whole report as one self-contained HTML page (no links, scripts, fonts or remote images)."""
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

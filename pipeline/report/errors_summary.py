@@ -13,7 +13,6 @@ from pipeline.io import fs
 from pipeline.io.outputs import ERRORS
 
 
-
 @dataclass
 class ErrorKind:
     stage: str

@@ -1,4 +1,4 @@
-"""The trend report of a run history: `history.html` and `history.md` with mIoU and the weakest classes over runs.
+"""The trend report of a run history: `history.html`/`history.md` with mIoU and the weakest classes over runs.
 
 The history is the JSON Lines file the scheduled jobs append to, one object per run (run_id, started_at,
 status passed|failed, miou, per_class_iou, gate {baseline_run_id, baseline_miou, max_drop, passed,

@@ -74,7 +74,7 @@ def per_class_iou_chart(class_names: Sequence[str], per_class_iou: dict[str, flo
     axes.set_yticks(positions, [f"{class_names[i]}  ({format_count(support.get(class_names[i], 0))} px)"
                                 for i in order], fontsize=9)
     axes.invert_yaxis()
-    for position, i in zip(positions, order):
+    for position, i in zip(positions, order, strict=True):
         iou = per_class_iou[class_names[i]]
         axes.text(min((iou or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}",
                   va="center",

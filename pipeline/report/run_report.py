@@ -19,7 +19,13 @@ from pipeline.io.images import palette
 from pipeline.io.outputs import METRICS, REPORT_STEM, safe_name
 from pipeline.report.document import Document, Figure, Gallery, Section, Table, write_document
 from pipeline.report.errors_summary import summarize_errors
-from pipeline.report.plots import ConfusionScale, class_legend, confusion_heatmap, format_count, per_class_iou_chart
+from pipeline.report.plots import (
+    ConfusionScale,
+    class_legend,
+    confusion_heatmap,
+    format_count,
+    per_class_iou_chart,
+)
 from pipeline.report.settings import DEFAULT_WORST
 from pipeline.report.sources import RunSources
 from pipeline.report.thumbnails import comparison_strip
@@ -162,7 +168,8 @@ def _worst_section(output: str, metrics: dict[str, Any], colours: list[tuple[int
 def _errors_section(output: str, metrics: dict[str, Any], s3: fs.S3Options | None) -> Section:
     kinds = summarize_errors(output, s3, ERROR_EXAMPLES)
     if kinds is None:
-        missing = f"errors.jsonl is missing from {output}; metrics.json counts {metrics.get('num_errors', 0)} error(s)."
+        missing = (f"errors.jsonl is missing from {output}; metrics.json counts "
+                   f"{metrics.get('num_errors', 0)} error(s).")
         return Section("Errors", (missing,))
     if not kinds:
         return Section("Errors", ("No input failed.",))

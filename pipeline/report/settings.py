@@ -1,4 +1,4 @@
-"""Report defaults shared by the library and the CLI (free of heavy imports, so `unet-pipeline --help` is fast)."""
+"""Report defaults shared by the library and CLI (no heavy imports, so `unet-pipeline --help` is fast)."""
 
 DEFAULT_WORST = 12  # worst images shown in a run report
 DEFAULT_CLASSES = 5  # weakest classes plotted over runs in a history report

@@ -98,7 +98,7 @@ class RunSources:
         return Source(image, label, " ".join(problems))
 
     def lookup(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], Source]:
-        """Sources of (shard, row) pairs; each shard is read once. Unreadable inputs get a `problem`, not an error."""
+        """(shard, row) -> Source, each shard read once; unreadable inputs get a `problem`, not an error."""
         wanted: dict[int, set[int]] = {}
         for shard, row in keys:
             wanted.setdefault(shard, set()).add(row)

@@ -46,7 +46,8 @@ def _axes_for_runs(records: Sequence[dict[str, Any]], title: str, ylabel: str):
 
 def baseline_ids(records: Sequence[dict[str, Any]]) -> set[str]:
     """Run ids that served as the baseline of some run's gate."""
-    return {str(r["gate"]["baseline_run_id"]) for r in records if r.get("gate") and r["gate"].get("baseline_run_id")}
+    return {str(r["gate"]["baseline_run_id"]) for r in records
+            if r.get("gate") and r["gate"].get("baseline_run_id")}
 
 
 def miou_trend(records: Sequence[dict[str, Any]]) -> bytes:

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import fs
-from pipeline.io.outputs import MASKS
 from pipeline.io.images import decode_png_mask
+from pipeline.io.outputs import MASKS
 
 CHOICE_COLUMNS = ("id", "source", "iou")
 MASK_COLUMNS = ("mask_png", "shard", "row")
@@ -70,14 +70,17 @@ def select_worst(output: str, count: int, s3: fs.S3Options | None = None) -> Wor
     """The `count` lowest per-image IoUs of the run, from the `id`/`source`/`iou` columns only."""
     worst: list[Ranked] = []
     ranked = unranked = 0
-    key = (lambda r: (r.iou, r.id, r.file, r.index))
+
+    def key(r: Ranked) -> tuple[float, str, str, int]:
+        return (r.iou, r.id, r.file, r.index)
+
     files = mask_files(output, s3)
     with ThreadPoolExecutor(max(1, min(READ_THREADS, len(files)))) as pool:
         tables = pool.map(lambda uri: read_columns(uri, CHOICE_COLUMNS, s3), files)
-        for uri, table in zip(files, tables):
+        for uri, table in zip(files, tables, strict=True):
             candidates = []
             columns = (table.column(c).to_pylist() for c in CHOICE_COLUMNS)
-            for index, (item_id, source, iou) in enumerate(zip(*columns)):
+            for index, (item_id, source, iou) in enumerate(zip(*columns, strict=True)):
                 if iou is None or math.isnan(iou):
                     unranked += 1
                     continue
@@ -95,6 +98,7 @@ def read_predictions(selection: Sequence[Ranked], s3: fs.S3Options | None = None
     found: dict[tuple[str, int], PredictedRow] = {}
     for uri, items in by_file.items():
         table = read_columns(uri, MASK_COLUMNS, s3).take(pa.array([item.index for item in items]))
-        for item, png, shard, row in zip(items, *(table.column(c).to_pylist() for c in MASK_COLUMNS)):
+        for item, png, shard, row in zip(items, *(table.column(c).to_pylist() for c in MASK_COLUMNS),
+                                          strict=True):
             found[(uri, item.index)] = PredictedRow(item, decode_png_mask(png), int(shard), int(row))
     return [found[(item.file, item.index)] for item in selection]

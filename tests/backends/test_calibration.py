@@ -23,7 +23,7 @@ from pipeline.quantize.thresholds import kl_divergences, kl_threshold, percentil
 
 
 def reference_divergences(histogram: np.ndarray, levels: int, start_bin: int = 128) -> np.ndarray:
-    """NVIDIA's `_compute_amax_entropy` loop (pytorch-quantization calib/histogram.py), one candidate at a time."""
+    """NVIDIA's `_compute_amax_entropy` (pytorch-quantization calib/histogram.py), one candidate at a time."""
     bins = np.array(histogram, dtype=np.float64)
     bins[0] = bins[1]
     divergences = []
@@ -127,7 +127,7 @@ def test_kl_threshold_keeps_a_uniform_range_and_ignores_the_relu_zero_spike():
     hist, width = histogram_of(relu)
     assert hist[0] > 0.45 * relu.size  # the spike is there
     threshold = kl_threshold(hist, width, 256)
-    assert threshold > 0.5 * relu.max()  # not dragged to the smallest candidate (128 bins = 1/16 of the range)
+    assert threshold > 0.5 * relu.max()  # not dragged to the smallest candidate (128 bins = 1/16 of range)
 
 
 def test_percentile_threshold_matches_numpy():

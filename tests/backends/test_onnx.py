@@ -1,4 +1,4 @@
-"""The onnx backend: export per family, fp16 emulation, int8 QDQ, the backend itself, and real pipeline runs."""
+"""The onnx backend: export per family, fp16 emulation, int8 QDQ, the backend itself, real pipeline runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import factories
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,11 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from reference_weights import write_deterministic_checkpoint
 
-import factories
 from pipeline.backends import BackendSpec, PrepareContext, create_backend, prepare_backend
-from pipeline.config import BackendConfig
-from pipeline.config import RunConfig
+from pipeline.config import BackendConfig, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.export.onnx import export_onnx
 from pipeline.models import MODELS, LoadedModel, create_model, load_model
@@ -25,7 +25,6 @@ from pipeline.models.checkpoints import CheckpointInfo
 from pipeline.quantize import calibration
 from pipeline.quantize.fp16 import emulate_fp16
 from pipeline.quantize.int8 import quantize_int8
-from reference_weights import write_deterministic_checkpoint
 
 FAMILIES = {  # one model per family, small: (config, a size other than the traced 64x64)
     "milesial": ({"num_classes": 4, "in_channels": 3, "base_channels": 8, "bilinear": False}, (75, 101)),
@@ -120,7 +119,8 @@ def test_int8_is_per_channel_qdq_with_7_bit_weights_and_methods_differ(checkpoin
     quantized = quantize_int8(model, entropy_ranges)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
     weights = [n for n in quantized.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8]
     assert len(weights) >= 19  # every convolution of the UNet
     for node in weights:
         assert np.abs(inits[node.input[0]].astype(np.int32)).max() <= 64  # reduce_range: 7-bit weights
@@ -163,7 +163,8 @@ def test_backend_through_prepare_and_create(checkpoints, tmp_path):
     with pytest.raises(RuntimeError, match="closed"):
         backend.run(batch)
     again = prepare_backend(spec, _context(tmp_path, images))
-    assert again.options["onnx_cache_hit"] is True and again.options["onnx_path"] == prepared.options["onnx_path"]
+    assert (again.options["onnx_cache_hit"] is True
+            and again.options["onnx_path"] == prepared.options["onnx_path"])
     with pytest.raises(ConfigError, match="CPU"):
         prepare_backend(BackendSpec(name="onnx", checkpoint=checkpoints["milesial"], device="cuda"),
                         _context(tmp_path, images))

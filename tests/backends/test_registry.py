@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 
+import factories
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import factories
 from pipeline.actor_plan import plan_actors
 from pipeline.backends import BACKENDS, BackendEntry
 from pipeline.backends.variants import BackendVariant

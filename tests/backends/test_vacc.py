@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fake_vamc import compile_fake_vacc_model, put_fake_sdk_on_path
+from vacc_reference import make_checkpoint, reference_logits, sidecar_thresholds
+
 from pipeline.backends import BackendSpec, PrepareContext, create_backend, prepare_backend
-from pipeline.config import BackendConfig
 from pipeline.backends.vacc_dies import DieClaim, resource_share
+from pipeline.config import BackendConfig
 from pipeline.errors import BackendUnavailable, ConfigError
 from pipeline.processing.base import to_network_input
-from vacc_reference import make_checkpoint, reference_logits, sidecar_thresholds
 
 SIZE = (64, 64)
 
@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 @pytest.fixture
 def fake_sdk(monkeypatch, tmp_path):
-    """The fake SDK importable here, with dies 0 and 1, locks and caches under tmp_path; its run log emptied."""
+    """The fake SDK importable here: dies 0 and 1, locks and caches under tmp_path; its run log emptied."""
     put_fake_sdk_on_path(monkeypatch)
     monkeypatch.setenv("VACC_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setenv("UNET_PIPELINE_CACHE", str(tmp_path / "cache"))
@@ -190,8 +190,8 @@ def test_a_call_from_another_thread_binds_the_die_there(fake_sdk, compiled, chec
 
 
 def test_the_fake_runs_only_in_a_bound_thread_but_makes_images_and_reads_outputs_anywhere(fake_sdk, compiled):
-    """What the vendor's code does: the zoo's UNet runner calls create_image and as_numpy in threads that never
-    call set_device; the samples' profilers call set_device in every thread that runs a model."""
+    """What the vendor's code does: the zoo's UNet runner calls create_image and as_numpy in threads that
+    never call set_device; the samples' profilers call set_device in every thread that runs a model."""
     assert fake_sdk.set_device(0) == 0
     model = fake_sdk.Model(compiled.prefix, 2)
     graph, model_op = fake_sdk.Graph(), fake_sdk.ModelOperator(model)
@@ -220,7 +220,7 @@ def test_the_fake_runs_only_in_a_bound_thread_but_makes_images_and_reads_outputs
 
 
 def test_the_fake_refuses_an_image_made_for_another_die(fake_sdk, compiled):
-    """The bug the zoo fixed (commit 4151cd4): create_image given set_device's return value (0), not the die."""
+    """The bug the zoo fixed (commit 4151cd4): create_image given set_device's result (0), not the die."""
     assert fake_sdk.set_device(1) == 0
     model = fake_sdk.Model(compiled.prefix, 1)
     graph, model_op = fake_sdk.Graph(), fake_sdk.ModelOperator(model)
@@ -335,8 +335,9 @@ def test_int8_compiled_model_quantizes_weights_and_activations(fake_sdk, checkpo
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3)
     weights_only = reference_logits(checkpoint, batch, "int8")
     assert (out != weights_only).mean() > 0.2  # the activations were quantized too
+    # dark images: smaller ranges, clipping
     low = compile_fake_vacc_model(checkpoint, tmp_path / "int8-dark", precision="int8",
-                                  calibration_images=calibration // 8)  # dark images: smaller ranges, clipping
+                                  calibration_images=calibration // 8)
     assert min(sidecar_thresholds(low.prefix)["inc.double_conv.0"], 1.0) < thresholds["inc.double_conv.0"]
 
 
@@ -355,7 +356,8 @@ def test_model_files_on_s3_are_fetched_by_the_actor(fake_sdk, compiled, checkpoi
 
 def test_without_the_sdk_the_driver_fails_at_once_with_the_install_hint(monkeypatch, compiled):
     monkeypatch.delitem(sys.modules, "vaststreamx", raising=False)
-    message = (r"vaststreamx.*developer centre.*pip install vaststreamx-<version>-cp\d+-cp\d+-linux_x86_64\.whl"
+    message = (r"vaststreamx.*developer centre.*pip install "
+               r"vaststreamx-<version>-cp\d+-cp\d+-linux_x86_64\.whl"
                r".*--backend torch or --backend onnx")
     with pytest.raises(BackendUnavailable, match=message):
         prepare(compiled.prefix)

@@ -1,4 +1,4 @@
-"""The VACC backend in real Ray actors (the session Ray has VACC=2; its workers import the fake `vaststreamx`).
+"""The VACC backend in real Ray actors (the session Ray has VACC=2; workers import the fake `vaststreamx`).
 
 * Die claiming across processes: two actors get the two dies; a killed actor's die goes to its replacement.
 * A whole `pipeline.run.run` with --backend vacc: every mask and the confusion matrix equal what the fake's
@@ -12,23 +12,22 @@ import io
 import json
 from pathlib import Path
 
+import factories
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fake_vamc import compile_fake_vacc_model, put_fake_sdk_on_path
 from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from vacc_reference import make_checkpoint, reference_logits
 
-import factories
-from fake_vamc import compile_fake_vacc_model, put_fake_sdk_on_path
 from pipeline.backends import BackendSpec, PrepareContext, prepare_backend
-from pipeline.config import BackendConfig
-from pipeline.config import RunConfig
+from pipeline.config import BackendConfig, RunConfig
 from pipeline.errors import BackendUnavailable
 from pipeline.models import MODELS
 from pipeline.processing import create_processing
 from pipeline.processing.base import to_network_input
 from pipeline.run import run
-from vacc_reference import make_checkpoint, reference_logits
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +45,7 @@ def compiled(checkpoint, tmp_path):
 
 
 def _die_holder(ray):
-    """An actor class (defined here, so Ray ships it by value) that owns a VACC backend and reports its die."""
+    """An actor class (defined here: Ray ships it by value) that owns a VACC backend and reports its die."""
 
     @ray.remote(num_cpus=0, resources={"VACC": 1}, max_restarts=0)
     class DieHolder:

@@ -1,4 +1,4 @@
-"""A backend added from a test file alone: `RunConfig.create(backend="tests.backends.times_two_backend:ENTRY")`.
+"""Backend added from a test file alone: `RunConfig.create(backend="tests.backends.times_two_backend:ENTRY")`.
 
 Its "network" doubles the normalised input and appends zero channels up to the model's classes (MONAI's
 `mult_two` trick), so the masks a run writes are known without any model: the arg-max over the image's

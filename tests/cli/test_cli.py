@@ -1,4 +1,4 @@
-"""The `unet-pipeline` command line as users call it: the console script in a subprocess, or click in-process."""
+"""The `unet-pipeline` CLI as users call it: the console script in a subprocess, or click in-process."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import factories
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import factories
 from pipeline.cli import cli
 from pipeline.models import MODELS, create_model
 

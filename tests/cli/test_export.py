@@ -1,5 +1,5 @@
-"""`unet-pipeline export`: a static, folded opset-11 ONNX file equal to torch, and a vamc yaml and VDSP JSON that
-differ from the zoo's UNet files only in paths, names, sizes and the calibration method."""
+"""`unet-pipeline export`: a static, folded opset-11 ONNX file equal to torch, and a vamc yaml and VDSP JSON
+that differ from the zoo's UNet files only in paths, names, sizes and the calibration method."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import factories
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,13 +15,12 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from reference_weights import write_deterministic_checkpoint
 
-import factories
 from pipeline.cli import cli
 from pipeline.defaults import default_checkpoint
 from pipeline.export.onnx import export_onnx, export_static_onnx, static_graph_problems
 from pipeline.models import load_model
-from reference_weights import write_deterministic_checkpoint
 
 # VastModelZOO cv/segmentation/unet/build_in/build/milesial_unet.yaml, as data (its values, in its key order).
 ZOO_MILESIAL_YAML = {
@@ -79,7 +79,7 @@ def _run_against_torch(onnx_path: Path, checkpoint: str, model: str, shape: tupl
 
 
 def _zoo_shaped(config: dict, zoo: dict) -> dict:
-    """`config` with what may differ from the zoo's file (paths, names, sizes, calibration) set to the zoo's."""
+    """`config` with what may differ from the zoo file (paths, names, sizes, calibration) set to the zoo's."""
     out = json.loads(json.dumps(config))
     out["name"] = zoo["name"]
     (input_name, _), = out["frontend"]["shape"].items()
@@ -176,7 +176,7 @@ def test_fp16_export_keeps_the_quantize_and_dataset_sections(tmp_path, calibrati
     assert config["backend"] == {"type": "tvm_vacc", "dtype": "fp16", "compile": {"data_transport_mode": 1},
                                  "quantize": {"calibrate_mode": "kl_divergence", "quantize_per_channel": True,
                                               "quantize_dsp_ops": ["vacc_upsampling"]}}  # bilinear resize
-    assert config["dataset"]["path"] == "/path/to/calibration/images"  # a placeholder, as the zoo's fp16 yamls
+    assert config["dataset"]["path"] == "/path/to/calibration/images"  # placeholder, as the zoo's fp16 yamls
     assert config["dataset"]["sampler"] == {"suffix": "jpg", "get_data_num": 50}
     assert "fp16: vamc does not read `quantize` and `dataset`" in text
     _run_against_torch(tmp_path / "out" / f"{name}.onnx", checkpoint, "milesial", (3, 64, 64))

@@ -1,23 +1,23 @@
-"""`unet-pipeline table`: fp32 / fp16 / int8 rows per model, their figures, and the mIoU change against fp32."""
+"""`unet-pipeline table`: fp32/fp16/int8 rows per model, their figures, and the mIoU change against fp32."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import factories
 import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
+from reference_weights import write_deterministic_checkpoint
 
-import factories
+from pipeline.backends.variants import parse_variants
 from pipeline.cli import cli
 from pipeline.models.figures import model_figures
-from pipeline.backends.variants import parse_variants
 from pipeline.sizes import parse_sizes
 from pipeline.table import TableSpec, _dataset_for, binary_builtin_dataset
-from reference_weights import write_deterministic_checkpoint
 
 pytestmark = pytest.mark.integration
 VARIANTS = ["torch:fp32", "onnx:fp16", "onnx:int8"]
@@ -34,7 +34,8 @@ def _table(tmp_path: Path, spec: dict) -> tuple[dict, str]:
     result = CliRunner().invoke(cli, ["table", "--spec", str(tmp_path / "spec.yaml"), "--out",
                                       str(tmp_path / "table")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return json.loads((tmp_path / "table" / "table.json").read_text()), (tmp_path / "table" / "table.md").read_text()
+    return (json.loads((tmp_path / "table" / "table.json").read_text()),
+            (tmp_path / "table" / "table.md").read_text())
 
 
 def _check_rows(rows: list[dict], model: str, config: dict, shape: tuple[int, int, int]) -> None:
@@ -69,7 +70,8 @@ def test_table_writes_fp32_fp16_int8_rows(ray_session, tmp_path, monkeypatch):
     assert lines[0].startswith("| model | backbone | source | FLOPs (G) | params (M) | mIoU (%) | dataset | "
                                "shape |")
     assert len(lines) == 2 + 4 and "| torch | fp32 |" in lines[2] and lines[2].endswith("| - |")
-    assert "| onnx | int8 (kl_pytorch_quantization) |" in lines[4] and "milesial/Pytorch-UNet@a013c80" in lines[4]
+    assert ("| onnx | int8 (kl_pytorch_quantization) |" in lines[4]
+            and "milesial/Pytorch-UNet@a013c80" in lines[4])
     assert "| onnx | int8 (kl_tensorrt) |" in lines[5]
 
 

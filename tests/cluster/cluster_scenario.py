@@ -51,8 +51,8 @@ def free_port() -> int:
 
 
 class NodeProbe:
-    """A map_batches actor that tags each row with the node and process that handled it. Each batch takes 0.2 s,
-    so the pool's work is shared by all its actors rather than taken by the first one up."""
+    """A map_batches actor that tags each row with the node and process that handled it. Each batch takes
+    0.2 s, so the pool's work is shared by all its actors rather than taken by the first one up."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         time.sleep(0.2)
@@ -76,7 +76,7 @@ def placement() -> dict:
 
 
 def _actor_node(cluster: Cluster):
-    """The worker node that holds the live inference actor (public state API, served by the head's dashboard)."""
+    """The worker node holding the live inference actor (public state API, served by the head's dashboard)."""
     from ray.util.state import list_actors
 
     deadline = time.time() + 30

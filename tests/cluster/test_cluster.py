@@ -1,5 +1,5 @@
-"""A multi-node cluster: accelerator actors land only where VACC is declared, CPU actors spread over nodes, and a
-node lost mid-run (the one holding the inference actor) changes nothing in the results.
+"""A multi-node cluster: accelerator actors land only where VACC is declared, CPU actors spread over nodes,
+and a node lost mid-run (the one holding the inference actor) changes nothing in the results.
 
 The cluster runs in a child process (`cluster_scenario.py`), started once for this module, so it never meets
 the pytest session's Ray. About 60-100 s on 2 cores: three nodes, a clean run and a run that loses a node,
@@ -33,7 +33,7 @@ SHARD_SIZE = 2
 
 def _varied_checkpoint(path: Path) -> str:
     """A random milesial UNet whose output layer is scaled up, so its masks follow the image content (several
-    classes per image) instead of one class everywhere: a mixed-up or double-counted image changes the metrics."""
+    classes per image), not one class everywhere: a mixed-up or double-counted image changes the metrics."""
     torch.manual_seed(7)
     state = create_model("milesial", num_classes=4, in_channels=3, base_channels=8,
                          bilinear=False).state_dict()

@@ -88,7 +88,8 @@ def test_cli_options_take_help_and_defaults_from_the_config_fields(command):
         option, f = options[key], where.field
         assert option.help == f.metadata["help"] or option.help, key
         if f.default is not dataclasses.MISSING and f.default is not None:
-            assert option.default == f.default, f"--{key}: click default {option.default!r} != field {f.default!r}"
+            assert option.default == f.default, (f"--{key}: click default {option.default!r} != field "
+                                                 f"{f.default!r}")
 
 
 def test_every_run_setting_has_an_option_or_is_config_file_only():

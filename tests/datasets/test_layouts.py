@@ -6,13 +6,19 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from factories import (
-    layout_case, make_sample_pair, samples, write_carvana, write_folder, write_isbi, write_pairs,
+    layout_case,
+    make_sample_pair,
+    samples,
+    write_carvana,
+    write_folder,
+    write_isbi,
+    write_pairs,
     write_parquet,
     write_voc,
 )
+from PIL import Image
+
 from pipeline.config import DataConfig
 from pipeline.datasets import LAYOUTS, ContainerLayout
 from pipeline.errors import ConfigError, InputError

@@ -1,4 +1,4 @@
-"""Every kind of bad input the pipeline must record and step over, written into a `pairs` dataset of good images.
+"""Every kind of bad input the pipeline must record and step over, added to a `pairs` dataset of good images.
 
 `add_bad_inputs(root)` adds the files and returns, per input id, what its one error record must say: the
 stage, which file the message names, and a word of the fix it gives.

@@ -1,5 +1,6 @@
 """A test-only inference backend, loaded through the `package.module:factory` backend extension point
-(`pipeline.backends.external_backend`): RunConfig.create(backend="tests.faults.crashing_backend:FaultyBackend").
+(`pipeline.backends.external_backend`):
+RunConfig.create(backend="tests.faults.crashing_backend:FaultyBackend").
 
 It is the torch backend with two faults a test can switch on through `backend_options`:
 

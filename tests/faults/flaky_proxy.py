@@ -18,7 +18,7 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Co
 
 
 class FlakyProxy:
-    """Start with `with FlakyProxy(upstream, every=5) as proxy:`; `proxy.url` is the endpoint to give clients."""
+    """Start with `with FlakyProxy(upstream, every=5) as proxy:`; `proxy.url` is the endpoint for clients."""
 
     def __init__(self, upstream: str, every: int = 0, broken: str | None = None) -> None:
         parts = urlsplit(upstream)

@@ -1,5 +1,5 @@
-"""What the fault tests share: a small labelled dataset, its clean run (the reference every faulty run must equal),
-and a reader that loads everything a run wrote, locally or on S3."""
+"""What the fault tests share: a small labelled dataset, its clean run (the reference every faulty run must
+equal), and a reader that loads everything a run wrote, locally or on S3."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import factories
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-import factories
 from pipeline.config import RunConfig
 from pipeline.io import fs
 from pipeline.models import create_model
@@ -39,7 +39,7 @@ def good_items():
 
 
 def base_config(input_uri: str, output: str, checkpoint: str, **changes) -> RunConfig:
-    """The settings every fault test scores with (milesial's own processing at scale 1, masks in both formats)."""
+    """The settings of every fault test (milesial's own processing at scale 1, masks in both formats)."""
     settings = dict(command="score", input=input_uri, output=output, layout="pairs", model="milesial",
                     checkpoint=checkpoint, processing="upstream", scale=1.0, format="both",
                     shard_size=SHARD_SIZE,

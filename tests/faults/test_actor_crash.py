@@ -1,5 +1,6 @@
-"""An inference actor that dies mid-batch is restarted and its batch re-run: the results equal a clean run's, with
-no image counted or written twice. A batch that kills every actor stops the run (it does not loop forever)."""
+"""An inference actor that dies mid-batch is restarted and its batch re-run: the results equal a clean run's,
+with no image counted or written twice. A batch that kills every actor stops the run (it does not loop
+forever)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import json
 import os
 
 import pytest
-
 from faults.crashing_backend import image_digest
-from faults.support import GOOD_COUNT, assert_same_results, base_config, clean_reference, good_items, read_outputs
+from faults.support import (
+    GOOD_COUNT,
+    assert_same_results,
+    base_config,
+    clean_reference,
+    good_items,
+    read_outputs,
+)
+
 from pipeline.models import load_model
 from pipeline.processing import create_processing
 from pipeline.results import RunFailed

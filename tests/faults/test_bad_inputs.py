@@ -1,4 +1,4 @@
-"""Every kind of bad input, mixed into good images: each becomes exactly one error record and nothing else changes.
+"""Every kind of bad input, among good images: each becomes exactly one error record and nothing else changes.
 
 The same dataset is scored from a local folder and from the S3 server. Each run must finish, give the metrics
 and masks of the good images alone (the clean reference run), and account for every input: processed + errored
@@ -14,11 +14,18 @@ from collections import Counter
 import boto3
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import upload_tree
 from faults.bad_inputs import MAX_PIXELS, BadInput, add_bad_inputs, named_file
-from faults.support import GOOD_COUNT, Outputs, assert_same_results, base_config, clean_reference, read_outputs
+from faults.support import (
+    GOOD_COUNT,
+    Outputs,
+    assert_same_results,
+    base_config,
+    clean_reference,
+    read_outputs,
+)
+from PIL import Image
+
 from pipeline.config import RunConfig
 from pipeline.models import MODELS
 from pipeline.processing import create_processing
@@ -38,7 +45,7 @@ def dataset(tmp_path_factory, ray_session):
 
 @pytest.fixture(scope="module")
 def local_run(dataset, tmp_path_factory):
-    """Scored from the local folder with --max-errors 5, which the bad inputs exceed: outputs, then RunFailed."""
+    """The local folder scored with --max-errors 5, which the bad inputs exceed: outputs, then RunFailed."""
     reference, root, _ = dataset
     output = tmp_path_factory.mktemp("bad-inputs-out") / "out"
     with pytest.raises(RunFailed) as failure:
@@ -67,7 +74,7 @@ def _check_accounting(outputs: Outputs, expected: dict[str, BadInput]) -> None:
 
 
 def _check_records(outputs: Outputs, root: str, expected: dict[str, BadInput]) -> None:
-    """One record per bad input: its stage, the file it names and a word of the fix (every mismatch listed)."""
+    """One record per bad input: its stage, the file it names, a word of the fix (every mismatch listed)."""
     records = Counter(e["id"] for e in outputs.errors)
     assert records == Counter(expected.keys()), "exactly one record per bad input, none for good images"
     problems = []
@@ -137,7 +144,7 @@ def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 
 def test_modes_are_converted_where_upstream_converts():
-    """bubbliiiing's predict path convert('RGB')s every 8-bit mode; a 16-bit greyscale image is refused instead.
+    """bubbliiiing's predict path convert('RGB')s every 8-bit mode; 16-bit greyscale is refused instead.
 
     16-bit: Pillow's convert clips values above 255 (nearly every pixel of a real 16-bit image turns white),
     so converting would score a different picture; the record says to save the image as 8-bit.

@@ -1,6 +1,7 @@
-"""Transient S3 failures: behind a proxy that answers 503 SlowDown to some requests and drops the connection of
-others, a run reading from and writing to S3 completes with the results of a clean run. An object that stays
-broken longer than the retries is recorded as a "storage" error and left uncommitted, so `--resume` retries it."""
+"""Transient S3 failures: behind a proxy that answers 503 SlowDown to some requests and drops the connection
+of others, a run reading from and writing to S3 completes with the results of a clean run. An object that
+stays broken longer than the retries is recorded as a "storage" error and left uncommitted, so `--resume`
+retries it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ import errno
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-
 from conftest import upload_tree
 from faults.flaky_proxy import FlakyProxy
-from faults.support import GOOD_COUNT, assert_same_results, base_config, clean_reference, good_items, read_outputs
+from faults.support import (
+    GOOD_COUNT,
+    assert_same_results,
+    base_config,
+    clean_reference,
+    good_items,
+    read_outputs,
+)
+
 from pipeline.errors import InputError
 from pipeline.io.fs import S3Options
 from pipeline.io.source import is_storage_failure

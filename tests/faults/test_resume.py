@@ -1,5 +1,5 @@
-"""A run whose driver is killed mid-way, then `--resume`d: the same metrics and masks as an uninterrupted run, no
-mask missing or written twice, and the parts committed before the kill are kept, not redone.
+"""A run whose driver is killed mid-way, then `--resume`d: the same metrics and masks as an uninterrupted run,
+no mask missing or written twice, and the parts committed before the kill are kept, not redone.
 
 The interrupted run is a real `unet-pipeline score` process connected to the test session's Ray cluster,
 killed with SIGKILL (no clean-up of any kind) once some parts are committed and before the run finishes.
@@ -16,17 +16,23 @@ import time
 from pathlib import Path
 
 import pytest
-
 from faults.support import (
-    GOOD_COUNT, ROOT, SHARD_SIZE, assert_same_results, base_config, clean_reference, read_outputs,
+    GOOD_COUNT,
+    ROOT,
+    SHARD_SIZE,
+    assert_same_results,
+    base_config,
+    clean_reference,
+    read_outputs,
 )
+
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
-from pipeline.io.manifest import ShardRef
 from pipeline.io.commits import PartRecord
+from pipeline.io.manifest import ShardRef
 from pipeline.metrics import ConfusionAccumulator
-from pipeline.resume import check_every_input_accounted, done_rows, remove_orphan_files
 from pipeline.results import RunFailed
+from pipeline.resume import check_every_input_accounted, done_rows, remove_orphan_files
 from pipeline.run import run
 
 SLOW_BACKEND = {"backend": "tests.faults.crashing_backend:FaultyBackend",
@@ -39,7 +45,7 @@ def _commit_records(output: Path) -> dict[str, str]:
 
 
 def _start_and_kill(command: list[str], output: Path, log: Path) -> dict[str, str]:
-    """Run `command`, SIGKILL its whole process group once a part is committed; returns the commit records then."""
+    """Run `command`, SIGKILL its process group once a part is committed; returns the commit records then."""
     with open(log, "wb") as sink:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the driver imports tests.faults.crashing_backend too
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
@@ -124,7 +130,7 @@ def test_mask_files_no_part_names_are_removed(tmp_path):
 
 
 def test_a_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
-    """Local writes go to a hidden temporary file renamed into place: a write cut short leaves the old file."""
+    """Local writes go to a hidden temp file renamed into place: a write cut short leaves the old file."""
     target = tmp_path / "masks" / "part-000000-000001.parquet"
     fs.write_bytes(str(target), b"complete old part")
 

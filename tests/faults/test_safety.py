@@ -1,5 +1,6 @@
-"""No way in through inputs: a checkpoint that carries code is refused before it runs, ids cannot steer output files
-out of the output prefix, credentials never reach an output or a log, and a run never writes where it reads."""
+"""No way in through inputs: a checkpoint that carries code is refused before it runs, ids cannot steer output
+files out of the output prefix, credentials never reach an output or a log, and a run never writes where it
+reads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import boto3
+import factories
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,18 +21,17 @@ import pytest
 import ray
 import torch
 from click.testing import CliRunner
-from PIL import Image
-
-import factories
 from conftest import FAKE_CREDENTIALS, upload_tree
 from faults.bad_inputs import add_bad_inputs
 from faults.support import ROOT, base_config, make_checkpoint, read_outputs
+from PIL import Image
+
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
 from pipeline.io import fs
 from pipeline.io.outputs import safe_name
-from pipeline.io.rows import PREDICTED_COLUMNS, object_column, pack
 from pipeline.io.parts import PartSettings, write_parts
+from pipeline.io.rows import PREDICTED_COLUMNS, object_column, pack
 from pipeline.run import run
 
 NASTY_IDS = [
@@ -82,7 +83,7 @@ def test_distinct_ids_get_distinct_names():
 
 
 def _predicted(ids: list[str]) -> dict[str, np.ndarray]:
-    """A predicted batch as an inference actor hands it to the part writer: one 4 x 5 mask and label per id."""
+    """A predicted batch as an inference actor hands it to the part writer: a 4 x 5 mask and label per id."""
     mask, shape = pack(np.arange(20, dtype=np.uint8).reshape(4, 5) % 3)
     rows = [{"shard": 0, "row": i, "id": item_id, "source": f"in#{i}", "label_source": f"in#{i}", "height": 4,
              "width": 5, "mask": mask, "mask_shape": shape, "label": mask, "label_shape": shape,

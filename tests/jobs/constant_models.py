@@ -1,6 +1,7 @@
-"""Checkpoints whose metrics are known without running them: a milesial UNet that predicts one class everywhere
-(zero output weights, a large bias on that class). Its IoU for that class is (pixels labelled with it) / (all
-labelled pixels); every other class scores 0 where it is labelled and has no IoU where it is not."""
+"""Checkpoints whose metrics are known without running them: a milesial UNet that predicts one class
+everywhere (zero output weights, a large bias on that class). Its IoU for that class is (pixels labelled with
+it) / (all labelled pixels); every other class scores 0 where it is labelled and has no IoU where it is
+not."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def constant_model(path: Path, predicted_class: int) -> str:
 
 
 def expected_iou(data: Path, predicted_class: int) -> dict[str, float | None]:
-    """Per-class IoU of `constant_model(predicted_class)` on a `write_dataset` folder, from its labels alone."""
+    """Per-class IoU of `constant_model(predicted_class)` on a `write_dataset` folder, from labels alone."""
     labels = np.concatenate([np.asarray(Image.open(p)).ravel() for p in sorted((data / "masks").iterdir())])
     labels = labels[labels != VOID]
     counts = np.bincount(labels, minlength=len(CLASS_NAMES))

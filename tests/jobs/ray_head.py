@@ -83,11 +83,12 @@ class RayHead:
         raise RuntimeError(f"the Ray head's job server did not answer within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        return Path(self.log_path).read_text(errors="replace")[-4000:] if os.path.exists(self.log_path) else ""
+        return (Path(self.log_path).read_text(errors="replace")[-4000:] if os.path.exists(self.log_path)
+                else "")
 
     def stop(self) -> None:
-        """End the head and everything it started, even if it is stuck: SIGTERM to its process group (the raylet,
-        GCS, dashboard and workers shut down at once), then SIGKILL to whatever is left after a short grace."""
+        """End the head and everything it started, even if it is stuck: SIGTERM to its process group (the
+        raylet, GCS, dashboard and workers shut down at once), then SIGKILL to the rest after a short wait."""
         if self.process is not None:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 try:

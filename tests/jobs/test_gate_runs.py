@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import pytest
-
 from constant_models import constant_model, expected_iou
+
 from pipeline.cli import main
 from pipeline.demo.synthetic import CLASS_NAMES, write_dataset
 from pipeline.history import read_history
@@ -48,7 +48,8 @@ def test_gate_fails_a_drop_names_the_classes_and_a_rerun_replaces_its_line(scene
     assert good["per_class_iou"] == pytest.approx(expected)
     assert good["miou"] == pytest.approx(np.mean([v for v in expected.values() if v is not None]))
     assert good["output"] == str(scene["root"] / "runs" / "night-1") and good["checkpoint_sha256"]
-    assert json.loads((scene["root"] / "runs" / "night-1" / "metrics.json").read_text())["miou"] == good["miou"]
+    assert (json.loads((scene["root"] / "runs" / "night-1" / "metrics.json").read_text())["miou"]
+            == good["miou"])
     capsys.readouterr()
 
     assert _score(scene, "triangle", "night-2", "--baseline", "last-good", "--max-drop", "0.05") == 1

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.history import (
-    append_history, evaluate_gate, find_baseline, new_run_id, read_history, run_output, with_run_id,
+    append_history,
+    evaluate_gate,
+    find_baseline,
+    new_run_id,
+    read_history,
+    run_output,
+    with_run_id,
 )
 
 BASE = RunConfig.create(input="/data/val", output="/runs/nightly", checkpoint="/models/unet.pth")
@@ -23,7 +29,7 @@ def _record(run_id: str, miou: float | None, status: str = "passed", dataset: st
 
 
 def test_run_id_is_utc_time_plus_a_hash_of_what_decides_the_results():
-    moment = datetime(2026, 11, 24, 2, 0, 5, tzinfo=timezone.utc)
+    moment = datetime(2026, 11, 24, 2, 0, 5, tzinfo=UTC)
     run_id = new_run_id(BASE, moment)
     assert run_id == f"20261124T020005Z-{BASE.config_hash()}" and len(BASE.config_hash()) == 8
     # Where the run writes or how it is gated does not change the hash; what it computes does.
@@ -40,7 +46,8 @@ def test_run_id_is_utc_time_plus_a_hash_of_what_decides_the_results():
 def test_tracked_runs_write_under_their_run_id():
     assert with_run_id(BASE) is BASE  # untracked: no id, writes to --output as given
     tracked = with_run_id(BASE.replace(history="/runs/history.jsonl"))
-    assert tracked.tracking.run_id.endswith(BASE.config_hash()) and run_output(tracked) == f"/runs/nightly/{tracked.tracking.run_id}"
+    assert (tracked.tracking.run_id.endswith(BASE.config_hash())
+            and run_output(tracked) == f"/runs/nightly/{tracked.tracking.run_id}")
     assert run_output(BASE.replace(run_id="nightly-7")) == "/runs/nightly/nightly-7"
     assert run_output(BASE.replace(output="s3://bucket/runs", run_id="r1")) == "s3://bucket/runs/r1"
     with pytest.raises(ConfigError, match="--run-id '../escape'"):

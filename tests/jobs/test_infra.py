@@ -1,5 +1,6 @@
-"""infra/ stays runnable: every YAML parses, images and versions match pyproject.toml, and every job command in
-the manifests names an entry point that exists and options its click command accepts (parsed by click itself)."""
+"""infra/ stays runnable: every YAML parses, images and versions match pyproject.toml, and every job command
+in the manifests names an entry point that exists and options its click command accepts (parsed by click
+itself)."""
 
 from __future__ import annotations
 
@@ -92,9 +93,11 @@ def test_images_and_versions_match_pyproject():
     ray_versions = [value for docs in _documents().values() for key,
                     value in _walk(docs) if key == "rayVersion"]
     assert ray_versions and set(ray_versions) == {_pin("ray")}
-    for name, docs in _documents().items():  # a manifest running the project says which Ray and image it expects
+    # a manifest running the project says which Ray and image it expects
+    for name, docs in _documents().items():
         if any(key == "image" and value == PROJECT_IMAGE for key, value in _walk(docs)):
-            header = "\n".join(line for line in (INFRA / name).read_text().splitlines() if line.startswith("#"))
+            header = "\n".join(line for line in (INFRA / name).read_text().splitlines()
+                               if line.startswith("#"))
             assert f"Ray {_pin('ray')}" in header and PROJECT_IMAGE in header, name
 
 

@@ -14,7 +14,8 @@ def _part(shard: int, first_row: int, num_ok: int, num_errors: int) -> PartRecor
     rows = tuple(range(first_row, first_row + num_ok + num_errors))
     errors = tuple(ErrorRecord(shard, row, f"id{row}", "src", "", "decode", "InputError", "bad")
                    for row in rows[num_ok:])
-    return PartRecord(f"part-{shard}", shard, rows, num_ok, num_errors, ConfusionAccumulator(2), errors, (), True)
+    return PartRecord(f"part-{shard}", shard, rows, num_ok, num_errors, ConfusionAccumulator(2), errors, (),
+                      True)
 
 
 def test_lines_count_listed_and_committed_inputs():

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ray.job_submission import JobStatus, JobSubmissionClient
-
 from constant_models import constant_model, expected_iou
+from ray.job_submission import JobStatus, JobSubmissionClient
+from ray_head import RayHead
+
 from pipeline.demo.synthetic import CLASS_NAMES, write_dataset
 from pipeline.history import append_history, read_history
-from ray_head import RayHead
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,8 @@ def test_ray_job_submit_runs_the_scoring_job_from_the_working_dir(head, scene):
     assert "progress: 0 of 0+ listed inputs committed" in logs
     assert "progress: 4/4 inputs committed (4 images, 0 errors)" in logs
     (record,) = read_history(history)
-    assert f"mIoU {record['miou']:.4f}" in logs and "outputs: " + str(scene["root"] / "runs" / "job-1") in logs
+    assert (f"mIoU {record['miou']:.4f}" in logs
+            and "outputs: " + str(scene["root"] / "runs" / "job-1") in logs)
     assert record["status"] == "passed" and record["num_images"] == 4
     assert record["per_class_iou"] == pytest.approx(expected_iou(scene["data"], 0))
     output = scene["root"] / "runs" / "job-1"

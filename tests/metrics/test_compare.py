@@ -24,8 +24,9 @@ def baseline(n: int = 200, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 
 def corrupt_class(matrices: np.ndarray, k: int, other: int, third: int) -> np.ndarray:
-    """Only class k's IoU drops: TP of k become `other`, and as many (third -> other) pixels become k, so every
-    row and column sum stays, and every other class keeps its TP, ground-truth and predicted pixel counts."""
+    """Only class k's IoU drops: TP of k become `other`, and as many (third -> other) pixels become k, so
+    every row and column sum stays, and every other class keeps its TP, ground-truth and predicted pixel
+    counts."""
     out = matrices.copy()
     m = np.minimum(out[:, k, k] // 3, out[:, third, other])
     out[:, k, k] -= m

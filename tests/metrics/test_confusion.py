@@ -39,7 +39,7 @@ def sklearn_reference(targets, preds, c):
 def test_matrix_and_iou_equal_sklearn(c, dtype):
     rng = np.random.default_rng(c)
     targets, preds = random_masks(rng, 6, c)
-    total = sum(confusion_matrix(t.astype(dtype), p, c) for t, p in zip(targets, preds))
+    total = sum(confusion_matrix(t.astype(dtype), p, c) for t, p in zip(targets, preds, strict=True))
     ref_matrix, ref_iou = sklearn_reference(targets, preds, c)
     assert total.dtype == np.int64
     np.testing.assert_array_equal(total, ref_matrix)
@@ -55,7 +55,7 @@ def test_matrix_and_iou_equal_sklearn(c, dtype):
 def test_any_split_of_the_batches_gives_the_same_matrix():
     rng = np.random.default_rng(7)
     targets, preds = random_masks(rng, 12, 4)
-    per_image = [confusion_matrix(t, p, 4) for t, p in zip(targets, preds)]
+    per_image = [confusion_matrix(t, p, 4) for t, p in zip(targets, preds, strict=True)]
     whole = confusion_matrix(np.stack(targets), np.stack(preds), 4)
     for _ in range(5):
         cuts = np.sort(rng.choice(np.arange(1, 12), size=3, replace=False))

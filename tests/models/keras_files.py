@@ -104,8 +104,9 @@ def read_conv_arrays(data: bytes, naming: str = "keras2") -> list[tuple[np.ndarr
 
 
 def keras_weights_from_state_dict(state: dict[str, torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A zhixuhao state_dict (weight, bias pairs in creation order) as Keras (kernel (kh, kw, in, out), bias)."""
+    """A zhixuhao state_dict (weight, bias in creation order) as Keras (kernel (kh, kw, in, out), bias)."""
     tensors = list(state.values())
-    assert len(tensors) == 2 * len(KERAS_CONVS), f"expected {len(KERAS_CONVS)} convs, got {len(tensors)} tensors"
+    assert len(tensors) == 2 * len(KERAS_CONVS), (f"expected {len(KERAS_CONVS)} convs, "
+                                                  f"got {len(tensors)} tensors")
     return [(tensors[i].permute(2, 3, 1, 0).contiguous().numpy(), tensors[i + 1].numpy())
             for i in range(0, len(tensors), 2)]

@@ -1,4 +1,4 @@
-"""The shared model tester: every entry of `pipeline.models.MODELS` runs these, parametrized over the registry.
+"""The shared model tester: every entry of `pipeline.models.MODELS` runs these, parametrized on the registry.
 
 Forward on a tiny input, the shape rules (input divisor, input and output channels), the config read back off
 the tensors, and a checkpoint round trip (save -> load_model -> the same tensors and the same logits) in every
@@ -108,7 +108,7 @@ def build(name: str, index: int) -> Built:
 
 @pytest.fixture(scope="module")
 def models() -> Callable[[str, int], Built]:
-    """models(name, index): built once per module, whatever the test order (full-size families take seconds)."""
+    """models(name, index): built once per module, in any test order (full-size families take seconds)."""
     cache: dict[tuple[str, int], Built] = {}
 
     def get(name: str, index: int) -> Built:
@@ -135,7 +135,8 @@ def test_registry_entry_is_consistent(name):
     assert family.input_divisor >= 1
     assert all(s > 0 and s % family.input_divisor == 0 for s in family.default_input_size)
     for fmt in case_for(name).formats:
-        assert fmt in WRITERS, f"{name}: no writer for checkpoint format {fmt!r} in tests/models/checkpoint_files.py"
+        assert fmt in WRITERS, (f"{name}: no writer for checkpoint format {fmt!r} in "
+                                "tests/models/checkpoint_files.py")
 
 
 @pytest.mark.parametrize(("name", "index"), family_configs())
@@ -155,7 +156,7 @@ def test_forward_on_a_tiny_input(models, name, index):
 
 @pytest.mark.parametrize(("name", "index"), family_configs())
 def test_shape_rules(models, name, index):
-    """Sizes off the input divisor: kept (divisor 1) or refused with the divisor named; wrong channels refused."""
+    """Sizes off the input divisor: kept (divisor 1) or refused naming the divisor; wrong channels refused."""
     model = models(name, index)
     divisor = model.family.input_divisor
     height, width = tiny_size(model.family)

@@ -1,4 +1,4 @@
-"""A test-only inference backend with a known answer, loaded through the `package.module:factory` backend name.
+"""A test-only inference backend with a known answer, loaded via the `package.module:factory` backend name.
 
 `RedChannelBackend` needs no network: class 1's logit is the image's red channel (the processing's x / 255)
 and class 0's is 0.5, so the mask is `red >= 128` exactly. It records the batch shapes it was given, and

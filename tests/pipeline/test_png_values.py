@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import io
 
+import factories
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import factories
+from pipeline.config import RunConfig
 from pipeline.defaults import default_checkpoint
 from pipeline.io.outputs import safe_name
 from pipeline.models import load_model
 from pipeline.processing import create_processing
 from pipeline.run import run
-from pipeline.config import RunConfig
 
 
 @pytest.mark.integration

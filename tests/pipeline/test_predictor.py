@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline.backends import BackendSpec
+from pipeline.io.rows import pack, unpack
 from pipeline.models import MODELS
 from pipeline.processing import create_processing
-from pipeline.io.rows import pack, unpack
 from pipeline.stages import Predictor
 from tests.pipeline.fake_backends import expected_mask
 

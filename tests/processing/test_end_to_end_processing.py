@@ -99,7 +99,7 @@ def torch_threads(request):
 
 @pytest.mark.parametrize("torch_threads", [1, 2], indirect=True)
 def test_milesial_masks_do_not_depend_on_the_thread_count(milesial_unet, torch_threads):
-    """The case issue 11 saw fail (oneDNN picks its kernels by thread count): near ties only, whatever it is."""
+    """The case issue 11 saw fail (oneDNN picks kernels by thread count): near ties only, whatever it is."""
     test_milesial_end_to_end_masks_are_exact(milesial_unet, "0.5", "img0_500x375")
 
 

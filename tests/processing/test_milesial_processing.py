@@ -52,7 +52,7 @@ def test_reference_logits_give_the_upstream_mask_and_png(mode, scale, image):
 
 def near_tie_check(mode: str, logits: np.ndarray, classes: np.ndarray, expected: np.ndarray,
                    what: str) -> None:
-    """`classes` equals upstream's `expected` wherever upstream decided above float noise (tests/near_ties.py)."""
+    """`classes` equals upstream's `expected` wherever it decided above float noise (tests/near_ties.py)."""
     if mode == "milesial-a013c80":
         probabilities = torch.softmax(torch.from_numpy(logits)[None], dim=1)[0].numpy()  # as upstream
         comparison = compare_pinned_masks(classes, expected, probabilities, what=what)

@@ -1,4 +1,4 @@
-"""The near-tie helper (tests/near_ties.py) that the exactness tests rely on: what it forgives and what it does not."""
+"""The exactness tests' near-tie helper (tests/near_ties.py): what it forgives and what it does not."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_footprint_covers_every_source_pixel_pil_reads(src, dst):
 
 @pytest.fixture(scope="module")
 def pinned_case():
-    """Upstream's logits for img0 at scale 0.5, their probabilities as upstream computes them, a013c80's mask."""
+    """Upstream's img0 logits at scale 0.5, their probabilities as upstream computes them, a013c80's mask."""
     logits = np.load(LOGITS / "scale0.5" / "img0_500x375_logits.npy")[0]
     probabilities = torch.softmax(torch.from_numpy(logits)[None], dim=1)[0].numpy()
     proc = create_processing("milesial-a013c80", family=MODELS.get("milesial"), num_classes=2, in_channels=3,
@@ -81,7 +81,7 @@ def pinned_case():
 
 
 def test_kernel_noise_gives_only_reachable_near_ties(pinned_case):
-    """Logits moved by +-3e-6 (what another CPU or thread count does, at its worst): every flip is explained."""
+    """Logits moved by +-3e-6 (what another CPU or thread count does at worst): every flip is explained."""
     logits, probabilities, proc, meta = pinned_case
     expected = proc.finish(logits, meta)
     flips = 0

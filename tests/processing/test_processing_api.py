@@ -72,7 +72,7 @@ def test_milesial_modes_refuse_networks_that_need_fixed_multiples():
 
 @dataclass(frozen=True)
 class ModeCase:
-    """A model a processing mode is built for in the contract test (family name, its shape, the mode's options)."""
+    """A model a processing mode is built for in the contract test (family, its shape, the mode's options)."""
 
     family: str
     num_classes: int

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from report.html_checks import (
+    assert_not_blank,
+    distinct_colours,
+    embedded_pngs,
+    external_references,
+    screenshot,
+)
 
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
 from pipeline.report.history_report import weakest_classes, write_history_report
-from report.html_checks import assert_not_blank, distinct_colours, embedded_pngs, external_references, screenshot
 
 CLASSES = ("background", "disc", "square", "triangle", "star", "ring")
 TREND_SIZE = (1100, 460)  # 11 x 4.6 inches at 100 dpi
@@ -32,7 +38,7 @@ def _record(index: int, miou: float | None, status: str, per_class: dict | None,
 
 
 def history_records() -> list[dict]:
-    """Five nightly runs: a baseline, two passes, a failed gate (disc dropped), and a run that failed before scoring."""
+    """Five nightly runs: a baseline, two passes, a failed gate (disc dropped), one failed before scoring."""
     per_class = [
         {"background": 0.95, "disc": 0.70, "square": 0.60, "triangle": 0.40, "star": 0.50, "ring": None},
         {"background": 0.95, "disc": 0.72, "square": 0.62, "triangle": 0.42, "star": 0.52, "ring": None},
@@ -90,7 +96,8 @@ def test_run_table_marks_baseline_failures_and_dropped_classes(history):
     assert [row.split(" | ")[0].strip("| ") for row in rows] == [
         "nightly-004", "nightly-003", "nightly-002", "nightly-001", "nightly-000 (baseline)"]  # newest first
     failed = rows[1].split(" | ")
-    assert failed[2] == "failed" and failed[3] == "0.4880" and failed[4] == "-0.1740" and failed[5] == "-0.1420"
+    assert (failed[2] == "failed" and failed[3] == "0.4880" and failed[4] == "-0.1740"
+            and failed[5] == "-0.1420")
     assert failed[6] == "disc"
     assert "gate against baseline" not in markdown.split("## Latest "
                                                          "run")[1].split("##")[0]  # run 4 had no gate

@@ -8,13 +8,14 @@ import json
 import math
 from pathlib import Path
 
+import factories
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from report.html_checks import embedded_pngs, external_references
 
-import factories
 from pipeline.io.images import encode_png, palette
 from pipeline.io.rows import MASK_SCHEMA
 from pipeline.report.document import Document, Figure, Section, Table, render_html, write_document
@@ -22,7 +23,6 @@ from pipeline.report.plots import confusion_heatmap, row_normalised
 from pipeline.report.sources import RunSources
 from pipeline.report.thumbnails import STRIP_SIZE, comparison_strip, overlay
 from pipeline.report.worst import read_predictions, select_worst
-from report.html_checks import embedded_pngs, external_references
 
 
 def _png(size=(30, 20), colour=(200, 30, 30)) -> bytes:
@@ -173,7 +173,6 @@ def test_ranking_a_run_on_s3_fetches_a_small_part_of_its_mask_files(tmp_path, s3
                                                                     monkeypatch):
     """On S3 only the footer and the three small columns travel, not the encoded masks in between."""
     import s3fs.core
-
     from conftest import upload_tree
 
     rng = np.random.default_rng(0)

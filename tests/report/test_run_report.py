@@ -1,5 +1,6 @@
-"""The report of a real scoring run: written by `score` itself, self-contained, rendered by a real Chromium, and
-its worst images are the lowest per-image IoUs of the run's Parquet output (read back independently here)."""
+"""The report of a real scoring run: written by `score` itself, self-contained, rendered by a real Chromium,
+and its worst images are the lowest per-image IoUs of the run's Parquet output (read back independently
+here)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ import re
 import shutil
 from pathlib import Path
 
+import factories
 import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-
-import factories
 from conftest import upload_tree
+from report.html_checks import (
+    assert_not_blank,
+    distinct_colours,
+    embedded_pngs,
+    external_references,
+    screenshot,
+)
+
 from pipeline.cli import cli
 from pipeline.config import RunConfig
 from pipeline.demo.synthetic import CLASS_NAMES
@@ -23,7 +31,6 @@ from pipeline.models import create_model
 from pipeline.report import worst as worst_module
 from pipeline.report.run_report import write_report
 from pipeline.run import run
-from report.html_checks import assert_not_blank, distinct_colours, embedded_pngs, external_references, screenshot
 
 pytestmark = pytest.mark.integration
 

@@ -45,9 +45,16 @@ Fake-only helpers for tests: `fake_run_sync_calls()` (die, inputs, thread of eve
 (empties the run log and forgets the initialisation), `fake_live_models()` (Model objects still referenced).
 """
 
-from vaststreamx._data import (AttrKey, GraphOutputType, Image, ImageFormat, StreamBalanceMode, Tensor,
-                               as_numpy,
-                               create_image)
+from vaststreamx._data import (
+    AttrKey,
+    GraphOutputType,
+    Image,
+    ImageFormat,
+    StreamBalanceMode,
+    Tensor,
+    as_numpy,
+    create_image,
+)
 from vaststreamx._device import get_all_cards, get_all_cards_count, set_device
 from vaststreamx._model import Model, ModelOperator, fake_live_models
 from vaststreamx._ops import Operator

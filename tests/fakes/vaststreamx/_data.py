@@ -79,8 +79,8 @@ class Tensor:
 
 
 def create_image(array: np.ndarray, fmt: ImageFormat, width: int, height: int, device_id: int) -> Image:
-    """Copy a host uint8 image to die `device_id`, from any thread: the zoo's UNet runner creates images in a thread
-    that never calls set_device. The image belongs to that die; `Stream.run_sync` refuses it on another.
+    """Copy a host uint8 image to die `device_id`, from any thread: the zoo's UNet runner creates images in a
+    thread that never calls set_device. It belongs to that die; `Stream.run_sync` refuses it on another.
 
     Strict: the array must be a C-contiguous uint8 ndarray whose shape fits `fmt`, `width` and `height`, and
     the die must exist.
@@ -103,7 +103,7 @@ def create_image(array: np.ndarray, fmt: ImageFormat, width: int, height: int, d
 
 
 def as_numpy(item: Tensor | Image) -> np.ndarray:
-    """Device -> host copy, from any thread (the zoo's runner reads outputs in a thread that never binds a die)."""
+    """Device -> host copy, from any thread (the zoo's runner reads outputs in a thread bound to no die)."""
     if not isinstance(item, (Tensor, Image)):
         raise TypeError(f"as_numpy(): expected a vaststreamx Tensor or Image, got {type(item).__name__}")
     return item._array.copy()

@@ -21,7 +21,7 @@ def fake_die_ids() -> list[int]:
 
 
 def set_device(device_id: int) -> int:
-    """Bind `device_id` to the calling thread; 0 on success, -1 (and no change) for a die this machine lacks."""
+    """Bind `device_id` to this thread; 0 on success, -1 (and no change) for a die this machine lacks."""
     if isinstance(device_id, bool) or not isinstance(device_id, int):
         raise TypeError(f"set_device(): device_id must be an int, got {type(device_id).__name__}")
     if device_id not in fake_die_ids():
@@ -74,7 +74,7 @@ class Card:
 
 
 def get_all_cards() -> list[Card]:
-    """The configured dies, grouped DIES_PER_CARD to a card in id order (after set_device: `require_initialised`)."""
+    """The configured dies, DIES_PER_CARD per card in id order (after set_device: `require_initialised`)."""
     require_initialised("get_all_cards()")
     ids = sorted(fake_die_ids())
     groups = [ids[i:i + DIES_PER_CARD] for i in range(0, len(ids), DIES_PER_CARD)]

@@ -1,4 +1,4 @@
-"""The VDSP pre-processing fusion op: loaded from the zoo's JSON; resize + normalise + fp16 on the "device"."""
+"""The VDSP pre-processing fusion op: read from the zoo's JSON; resize + normalise + fp16 on the "device"."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class BuildinOperator:
 class Operator:
     @staticmethod
     def load_ops_from_json_file(path: str) -> list[BuildinOperator]:
-        """The ops a VDSP JSON describes; [] for a missing file, bad JSON or an op this runtime does not know."""
+        """The ops a VDSP JSON describes; [] for a missing file, bad JSON or an op unknown to this runtime."""
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)

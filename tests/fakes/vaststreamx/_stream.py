@@ -18,7 +18,7 @@ def fake_run_sync_calls() -> list[tuple[int, int, str]]:
 
 
 def fake_reset() -> None:
-    """Empty the run log and forget the runtime's initialisation (the next get_all_cards needs a set_device)."""
+    """Empty the run log and forget the runtime's initialisation (get_all_cards then needs a set_device)."""
     _run_log.clear()
     fake_reset_init()
 
