@@ -28,10 +28,14 @@ from pipeline.cli.options import (
                                 "e.g. torch:fp32:channels_last=0,torch:fp32,onnx:fp32,onnx:int8.")
 @click.option("--memory-check/--no-memory-check", default=True, show_default=True,
               help="Also run 4x the images and compare peak memory.")
+@click.option("--scale-test",
+              help="Instead: score generated 64x64 images at these dataset sizes (e.g. 4000,32000) "
+                                   "and report wall time, images/s, memory, object store and first commit, "
+                                   "with the growth ratios.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bool, as_json: bool,
-          **params: Any) -> None:
+def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bool, scale_test: str | None,
+          as_json: bool, **params: Any) -> None:
     """Measure the pipeline against a bare in-process loop (decode, preprocess, forward, arg-max).
 
     With no --input: the built-in synthetic dataset (4x --images are generated once and cached) and
@@ -42,6 +46,7 @@ def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bo
       unet-pipeline bench
       unet-pipeline bench --images 200 --compare torch:fp32:channels_last=0,torch:fp32,onnx:fp32,onnx:int8
       unet-pipeline bench -m milesial -c unet_carvana_scale0.5_epoch2.pth -i carvana/ -l carvana --scale 0.5
+      unet-pipeline bench --scale-test 4000,32000
     """
     from pipeline.backends.variants import parse_variants
     from pipeline.bench import bench as run_bench
@@ -56,6 +61,13 @@ def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bo
     defaults["output"] = "unused-by-bench"  # each pass writes into its own temporary folder
     config = build_config("score" if params.get("layout") != "folder" else "predict", params, explicit,
                           defaults)
+    if scale_test:
+        from pipeline.bench_scale import format_scale, scale_bench
+
+        sizes = [int(part) for part in scale_test.split(",") if part.strip()]
+        report = scale_bench(config, sizes)
+        click.echo(json.dumps(report, indent=2) if as_json else format_scale(report))
+        return
     variants = list(parse_variants(compare)) if compare else []
     report = run_bench(config, images=images, compare=variants, memory_check=memory_check)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

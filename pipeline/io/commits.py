@@ -39,6 +39,7 @@ class PartRecord:
             `--resume` redoes the part, while this run still counts it.
         inferred_at, written_at: when its inference ended and when it was committed (Unix seconds; the commit
             lag is their difference).
+        actor: the process that inferred and wrote it (`host:pid`).
     """
 
     part: str
@@ -52,6 +53,7 @@ class PartRecord:
     committed: bool
     inferred_at: float = 0.0
     written_at: float = 0.0
+    actor: str = ""
 
     @property
     def storage_failures(self) -> int:
@@ -62,7 +64,7 @@ class PartRecord:
                 "num_errors": self.num_errors, **self.scores.to_json(),
                 "errors": [e.to_json() for e in self.errors], "files": list(self.files),
                 "committed": self.committed, "inferred_at": round(self.inferred_at, 3),
-                "written_at": round(self.written_at, 3)}
+                "written_at": round(self.written_at, 3), "actor": self.actor}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PartRecord:
@@ -72,7 +74,7 @@ class PartRecord:
                    errors=tuple(ErrorRecord.from_json(e) for e in data["errors"]), files=tuple(data["files"]),
                    committed=bool(data.get("committed", True)), inferred_at=float(data.get("inferred_at",
                                                                                            0.0)),
-                   written_at=float(data.get("written_at", 0.0)))
+                   written_at=float(data.get("written_at", 0.0)), actor=str(data.get("actor", "")))
 
 
 def record_uri(output: str, part: str) -> str:

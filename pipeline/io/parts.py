@@ -14,6 +14,8 @@ the failure.
 from __future__ import annotations
 
 import io
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from pipeline.io.outputs import image_stats_name, mask_part_name, part_name, png
 from pipeline.io.rows import IMAGE_STATS_SCHEMA, MASK_SCHEMA, STORAGE_STAGE, ErrorRecord, failed, unpack
 from pipeline.metrics import ConfusionAccumulator
 
+WRITER = f"{socket.gethostname()}:{os.getpid()}"  # the process writing parts (an inference actor)
 PngEncoder = Callable[[np.ndarray], bytes]
 """(H, W) uint8 class mask -> the PNG file's bytes."""
 
@@ -105,7 +108,7 @@ def write_part(s: PartSettings, shard: int, rows: list[dict[str, Any]], inferred
     inferred = time.time() if inferred_at is None else inferred_at
     record = PartRecord(part=name, shard=shard, rows=tuple(r["row"] for r in rows), num_ok=len(out_rows),
                         num_errors=len(errors), scores=scores, errors=tuple(errors), files=tuple(files),
-                        committed=committed, inferred_at=inferred, written_at=time.time())
+                        committed=committed, inferred_at=inferred, written_at=time.time(), actor=WRITER)
     if committed:
         write_record(s.output, record, s.s3)
     return record
