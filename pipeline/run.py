@@ -126,8 +126,8 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
         progress.close()
         release_unless_kept()
     ended = time.time()
-    timings = {"listing_seconds": listing.seconds, "pipeline_seconds": time.perf_counter() - pipeline_started,
-               "wall_seconds": ended - started}
+    timings = {"listing_seconds": listing.seconds, "listing_done_seconds": listing.finished_at - started,
+               "pipeline_seconds": time.perf_counter() - pipeline_started, "wall_seconds": ended - started}
     return _finish(prepared, listing, previous, new_parts, plan, timings,
                    times.summary(ended, sampler.peak))
 

@@ -105,6 +105,7 @@ class Listing:
         self.skipped_hidden = 0
         self.inputs = 0  # listed so far (file layouts)
         self.seconds = 0.0  # how long the listing took
+        self.finished_at = 0.0  # when it ended (Unix seconds)
         self._shards: list[ShardRef] = []
         self._done = False
         self._error: BaseException | None = None
@@ -166,6 +167,7 @@ class Listing:
                 self._error = err
         finally:
             self.seconds = time.perf_counter() - started
+            self.finished_at = time.time()
             with self._changed:
                 self._done = True
                 self._changed.notify_all()
