@@ -1,5 +1,5 @@
-"""Listing that scales: an S3 folder is checked with one request, `--limit N` stops listing after N inputs, and the
-first shards are scored while later ones are still being listed."""
+"""Listing that scales: an S3 folder is checked with one request, `--limit N` stops listing after N inputs,
+and the first shards are scored while later ones are still being listed."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def test_a_limit_stops_the_listing_after_n_inputs(s3_server, s3_bucket, tmp_path
     shards = Listing(LAYOUTS.get("pairs"), uri, DataConfig(layout="pairs"), str(tmp_path / "out"), 8, s3,
                      limit=20).start().all()
     assert sum(ref.size for ref in shards) == 20
-    pages = [kwargs for method, kwargs in spy.calls if method == "list_objects_v2" and kwargs.get("MaxKeys", 0) > 1]
+    pages = [kwargs for method, kwargs in spy.calls
+             if method == "list_objects_v2" and kwargs.get("MaxKeys", 0) > 1]
     assert len(pages) == 1 and pages[0]["MaxKeys"] == fs.FIRST_PAGE, "more than the first page was listed"
 
 

@@ -1,6 +1,6 @@
-"""A `pairs` layout that lists slowly, as a bucket of millions of keys does (tests only): each item after the
-first few takes `DELAY` seconds to list. Its objects are pickled to the Ray workers by reference, so this module
-must be importable there (`tests.pipeline.slow_listing`)."""
+"""A `pairs` layout that lists slowly, as a bucket of millions of keys does (tests only): each item after
+the first few takes `DELAY` seconds to list. Its objects are pickled to the Ray workers by reference, so this
+module must be importable there (`tests.pipeline.slow_listing`)."""
 
 from __future__ import annotations
 
