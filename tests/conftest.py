@@ -49,11 +49,14 @@ def ray_session():
     import ray
     from isolation import restore_session_state, session_state
 
-    from pipeline.ray_env import ensure_ray
+    from pipeline.ray_env import LOCAL_RAY_ENV, ensure_ray
 
     if ray.is_initialized():
         ray.shutdown()
     with session_state() as before:  # the driver's PYTHONBREAKPOINT, Ray's for the session
+        # The settings the CLI gives the local Ray it starts (above all the idle-worker limit: with Ray's
+        # default, idle read/preprocess workers are killed between runs and every run pays their start-up).
+        os.environ.update(LOCAL_RAY_ENV)
         # tests/fakes on the workers' path: the fake `vaststreamx` for VACC actors
         # (tests/backends/test_vacc_ray.py).
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False,
