@@ -86,7 +86,9 @@ def per_class_iou_chart(class_names: Sequence[str], per_class_iou: dict[str, flo
     axes.invert_yaxis()
     for position, i in zip(positions, order, strict=True):
         iou = per_class_iou[class_names[i]]
-        axes.text(min((iou or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}",
+        interval = intervals.get(class_names[i]) if intervals else None
+        right = max(iou or 0.0, interval[1]) if interval else iou  # the value's label right of its error bar
+        axes.text(min((right or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}",
                   va="center",
                   fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
     title = "Per-class IoU, worst first" + (", 95% intervals as bars" if with_bars else "")
