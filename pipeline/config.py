@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, TypeVar
@@ -34,6 +35,7 @@ from pipeline.sizes import parse_size
 
 FORMATS = ("parquet", "png", "both")
 PNG_VALUES = ("classes", "upstream")
+GATES = ("plain", "significant")
 SectionT = TypeVar("SectionT")
 COMMANDS = ("score", "predict")
 
@@ -233,8 +235,25 @@ class OutputConfig:
     report: bool = setting(True, result=False,
                            help="score: write report.html/report.md (plots, worst images, errors) next to "
                                 "metrics.json.")
+    bootstrap: int = setting(1000, result=False,
+                             help="score: bootstrap resamples of the images for the 95% interval of every "
+                                  "score (metrics.json `intervals`); 0 turns intervals off.")
+    bootstrap_group: str | None = setting(
+        None, result=False,
+        help="score, compare, --gate: resample groups of ids instead of images, a group per value of this "
+             "regex (its first group, else its match), e.g. '^[^_]+' for CamVid sequences.")
+    bootstrap_seed: int = setting(0, result=False, help="Seed of the bootstrap's resampling.")
 
     def __post_init__(self) -> None:
+        if self.bootstrap < 0:
+            raise ConfigError(f"--bootstrap is a number of resamples (1000 is usual, 0 turns intervals off), "
+                              f"got {self.bootstrap}.")
+        if self.bootstrap_group is not None:
+            try:
+                re.compile(self.bootstrap_group)
+            except re.error as err:
+                raise ConfigError(f"--bootstrap-group {self.bootstrap_group!r} is not a valid regex ({err}); "
+                                  "e.g. '^[^_]+' groups CamVid ids by sequence.") from err
         if self.format not in FORMATS:
             raise ConfigError(f"Expected --format parquet, png or both, got {self.format!r}.")
         if self.png_values not in PNG_VALUES:
@@ -264,8 +283,13 @@ class TrackingConfig:
     max_drop: float = setting(0.01, result=False,
                               help="Largest allowed mIoU drop below --baseline (absolute, e.g. 0.02 = two "
                                    "IoU points).")
+    gate: str = setting("plain", result=False,
+                        help="plain: fail when the mIoU drop exceeds --max-drop; significant: fail only when "
+                             "the drop's paired 95% bootstrap interval lies wholly above --max-drop.")
 
     def __post_init__(self) -> None:
+        if self.gate not in GATES:
+            raise ConfigError(f"Expected --gate {' or '.join(GATES)}, got {self.gate!r}.")
         if not 0 <= self.max_drop <= 1:
             raise ConfigError("--max-drop is an absolute mIoU drop between 0 and 1 (e.g. 0.02), got "
                               f"{self.max_drop}.")
@@ -329,6 +353,9 @@ class RunConfig:
                               "history.")
         if self.tracking.baseline and self.command != "score":
             raise ConfigError("--baseline gates on mIoU, which only `score` measures: drop it for `predict`.")
+        if self.tracking.gate == "significant" and self.output.bootstrap == 0:
+            raise ConfigError("--gate significant decides with a bootstrap interval: drop --bootstrap 0 (or "
+                              "use --gate plain).")
 
     @property
     def scoring(self) -> bool:

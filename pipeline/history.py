@@ -9,7 +9,8 @@ With `--history`, each finished run leaves one JSON line there (local file or s3
 
     {"run_id", "started_at", "finished_at", "status": "passed"|"failed", "model", "checkpoint",
      "checkpoint_sha256", "dataset", "layout", "miou", "miou_all_classes", "per_class_iou",
-     "images_per_second", "num_images", "num_errors", "output", "metrics_uri", "gate": {...} | null}
+     "images_per_second", "num_images", "num_errors", "output", "metrics_uri", "gate": {...} | null,
+     "miou_interval": [low, high] | null}
 
 Re-running a run id replaces that run's outputs (the pipeline clears its own files first) and its history
 line, never adding a second one. The file is rewritten whole on each append: locally through a temporary file
@@ -17,7 +18,12 @@ and a rename, on S3 as one PUT (S3 has no append). Two jobs appending to one his
 lose one line (the last writer wins), so schedule runs that share a history one after another.
 
 With `--baseline RUN_ID|last-good`, a scoring run whose mIoU falls more than `--max-drop` below the baseline's
-is recorded as failed and raises RegressionGateFailed, naming every class whose IoU dropped.
+is recorded as failed and raises RegressionGateFailed, naming every class whose IoU dropped. The gate also
+records the drop's paired bootstrap interval (`gate.drop_interval`, both runs resampled with the same images,
+`pipeline.intervals.miou_drop`); with `--gate significant` the run fails only when that whole interval lies
+above `--max-drop`, so a small validation set's noise does not fail it. When the two runs cannot be paired
+(different ids, a baseline folder gone), the significant gate falls back to the plain threshold and says why
+in `gate.significant_unavailable`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
 from pipeline.results import RunFailed, RunResult
 
@@ -137,14 +143,21 @@ def find_baseline(history: list[dict], baseline: str, run_id: str | None, datase
                       f"its run ids, or {LAST_GOOD}.")
 
 
-def evaluate_gate(record: dict[str, Any], baseline: dict[str, Any], max_drop: float) -> dict[str, Any]:
+def evaluate_gate(record: dict[str, Any], baseline: dict[str, Any], max_drop: float, mode: str = "plain",
+                  drop: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compare a run with its baseline: it fails when mIoU fell by more than `max_drop` (absolute, 0..1).
 
+    With `mode` "significant" and the paired interval of the drop (`drop`: estimate, low, high), it fails only
+    when the interval's low end is above `max_drop`; without `drop` it falls back to the plain threshold.
     `dropped_classes` lists every class whose IoU is lower than in the baseline, largest drop first (classes
     without an IoU on either side are not comparable and left out).
     """
     miou, baseline_miou = record.get("miou"), baseline["miou"]
-    passed = miou is not None and round(baseline_miou - miou, 12) <= max_drop
+    if mode == "significant" and drop is not None:
+        passed = miou is not None and round(drop["low"], 12) <= max_drop
+    else:
+        mode = "plain"
+        passed = miou is not None and round(baseline_miou - miou, 12) <= max_drop
     dropped = []
     current = record.get("per_class_iou") or {}
     for name, before in (baseline.get("per_class_iou") or {}).items():
@@ -153,7 +166,7 @@ def evaluate_gate(record: dict[str, Any], baseline: dict[str, Any], max_drop: fl
             dropped.append({"class": name, "baseline_iou": before, "iou": after, "drop": before - after})
     dropped.sort(key=lambda d: -d["drop"])
     return {"baseline_run_id": baseline["run_id"], "baseline_miou": baseline_miou, "max_drop": max_drop,
-            "passed": passed, "dropped_classes": dropped}
+            "passed": passed, "dropped_classes": dropped, "mode": mode, "drop_interval": drop}
 
 
 def gate_report(gate: dict[str, Any], record: dict[str, Any], history_uri: str) -> str:
@@ -164,9 +177,13 @@ def gate_report(gate: dict[str, Any], record: dict[str, Any], history_uri: str) 
     classes = ("; ".join(f"{d['class']} {d['baseline_iou']:.4f} -> {d['iou']:.4f} (-{d['drop']:.4f})"
                          for d in gate["dropped_classes"])
                or "none individually (the set of classes present changed)")
+    drop = gate.get("drop_interval")
+    judged = (f" (paired {100 * drop['confidence']:g}% interval of the drop [{drop['low']:.4f}, "
+              f"{drop['high']:.4f}] lies wholly above it: --gate significant)"
+              if drop and gate.get("mode") == "significant" else "")
     return (f"Regression gate failed for run {record['run_id']}: {fell} baseline run "
             f"{gate['baseline_run_id']} ({gate['baseline_miou']:.4f}), more than --max-drop "
-            f"{gate['max_drop']}. Classes that dropped: {classes}. Metrics: {record['metrics_uri']}; "
+            f"{gate['max_drop']}{judged}. Classes that dropped: {classes}. Metrics: {record['metrics_uri']}; "
             f"history: {history_uri}. If the change is intended, later runs can gate against this one with "
             f"--baseline {record['run_id']}.")
 
@@ -176,6 +193,7 @@ def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metr
     """One history line, in the documented field order."""
     model = metrics.get("model", {})
     dataset = metrics.get("dataset", {})
+    interval = ((metrics.get("intervals") or {}).get("scores") or {}).get("miou") or {}
     return {
         "run_id": config.tracking.run_id, "started_at": started_at, "finished_at": _iso(_utc_now()),
         "status": status,
@@ -187,7 +205,40 @@ def history_record(config: RunConfig, metrics: dict[str, Any], output: str, metr
         "images_per_second": metrics.get("timings", {}).get("images_per_second"),
         "num_images": metrics.get("num_images"), "num_errors": metrics.get("num_errors"), "output": output,
         "metrics_uri": metrics_uri, "gate": gate,
+        "miou_interval": ([interval["low"], interval["high"]]
+                          if interval.get("low") is not None and interval.get("high") is not None else None),
     }
+
+
+def paired_drop(config: RunConfig, baseline: dict[str, Any], output: str) -> tuple[dict[str, Any] | None,
+                                                                                  str | None]:
+    """The paired interval of the mIoU drop from the baseline run to the run in `output`, or (None, why not).
+
+    None without a reason when intervals are off (--bootstrap 0).
+    """
+    from pipeline.intervals import bootstrap_settings, miou_drop, read_scored_run
+
+    settings = bootstrap_settings(config.output)
+    if settings is None:
+        return None, None
+    try:
+        return miou_drop(read_scored_run(baseline["output"], config.s3), read_scored_run(output, config.s3),
+                         settings, config.output.bootstrap_group), None
+    except PipelineError as err:
+        logger.warning("No paired interval of the mIoU drop from baseline %s: %s", baseline["run_id"], err)
+        return None, str(err)
+
+
+def _gate(config: RunConfig, metrics: dict[str, Any], baseline: dict[str, Any] | None,
+          output: str) -> dict[str, Any] | None:
+    if baseline is None:
+        return None
+    tracking = config.tracking
+    drop, unavailable = paired_drop(config, baseline, output)
+    gate = evaluate_gate(metrics, baseline, tracking.max_drop, tracking.gate, drop)
+    if tracking.gate == "significant" and drop is None:
+        gate["significant_unavailable"] = unavailable or "no intervals (--bootstrap 0)"
+    return gate
 
 
 def run_tracked(config: RunConfig, runner: Runner) -> RunResult:
@@ -216,12 +267,12 @@ def run_tracked(config: RunConfig, runner: Runner) -> RunResult:
         result = runner(config.replace(output=output))
     except RunFailed as err:
         if tracking.history and err.result is not None:
-            gate = evaluate_gate(err.result.metrics, baseline, tracking.max_drop) if baseline else None
+            gate = _gate(config, err.result.metrics, baseline, err.result.output)
             append_history(tracking.history, history_record(config, err.result.metrics, output,
                                                             err.result.metrics_uri, started_at, "failed",
                                                             gate), s3)
         raise
-    gate = evaluate_gate(result.metrics, baseline, tracking.max_drop) if baseline else None
+    gate = _gate(config, result.metrics, baseline, result.output)
     record = history_record(config, result.metrics, output, result.metrics_uri, started_at,
                             "failed" if gate and not gate["passed"] else "passed", gate)
     if tracking.history:

@@ -241,6 +241,15 @@ def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord],
                           "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size}
     metrics["listing"] = {"shards": len(shards), "skipped_hidden_files": listing.skipped_hidden}
     metrics["streaming"] = streaming
+    if config.scoring:
+        from pipeline.intervals import INTERVALS_KEY, score_intervals
+
+        try:  # the scores are measured: intervals that cannot be computed must not lose them
+            metrics[INTERVALS_KEY] = score_intervals(output, parts, metrics["confusion_matrix"],
+                                                     prepared.class_names, config.output, s3)
+        except PipelineError as err:
+            logger.warning("No intervals in metrics.json: %s", err)
+            metrics[INTERVALS_KEY] = None
     errors = sorted((e for part in parts for e in part.errors), key=lambda e: (e.shard, e.row))
     fs.write_bytes(fs.join(output, ERRORS), "".join(json.dumps(e.to_json()) + "\n" for e in errors).encode(),
                    s3)

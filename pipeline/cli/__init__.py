@@ -8,6 +8,7 @@ import click
 
 from pipeline import __version__
 from pipeline.cli.bench import bench
+from pipeline.cli.compare import compare
 from pipeline.cli.export import export
 from pipeline.cli.info import layouts, models, processings
 from pipeline.cli.report import report
@@ -25,7 +26,7 @@ def cli() -> None:
     """
 
 
-for _command in (score, predict, report, bench, table, export, models, layouts, processings):
+for _command in (score, predict, report, compare, bench, table, export, models, layouts, processings):
     cli.add_command(_command)
 
 

@@ -156,7 +156,15 @@ def _history_options() -> Decorator:
 
 
 def _gate_options() -> Decorator:
-    return compose(config_option("baseline"), config_option("max_drop", type=float))
+    from pipeline.config import GATES
+
+    return compose(config_option("baseline"), config_option("max_drop", type=float),
+                   config_option("gate", type=click.Choice(GATES)))
+
+
+def _bootstrap_options() -> Decorator:
+    return compose(config_option("bootstrap", type=click.IntRange(min=0)), config_option("bootstrap_group"),
+                   config_option("bootstrap_seed", type=int))
 
 
 def _lazy(build: Callable[[], Decorator]) -> Decorator:
@@ -172,6 +180,7 @@ output_options = _lazy(_output_options)
 execution_options = _lazy(_execution_options)
 history_options = _lazy(_history_options)
 gate_options = _lazy(_gate_options)
+bootstrap_options = _lazy(_bootstrap_options)
 
 
 def load_config_file(path: str | None) -> dict[str, Any]:

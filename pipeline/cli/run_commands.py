@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline.cli.options import (
+    bootstrap_options,
     build_config,
     data_options,
     execution_options,
@@ -58,14 +59,36 @@ def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str
             "output": params.get("output") or DEFAULT_OUTPUT}
 
 
+def interval_text(interval: dict[str, Any] | None) -> str:
+    """` [0.79, 0.83]` for an interval of metrics.json's `intervals`; empty when there is none.
+
+    Example:
+        >>> interval_text({"estimate": 0.8123, "low": 0.7912, "high": 0.8307, "resamples": 1000})
+        ' [0.79, 0.83]'
+    """
+    if not interval or interval.get("low") is None or interval.get("high") is None:
+        return ""
+    return f" [{interval['low']:.2f}, {interval['high']:.2f}]"
+
+
 def print_summary(metrics: dict[str, Any], output: str) -> None:
     if metrics["command"] == "score":
-        click.echo(f"mIoU {metrics['miou']:.4f}   (mean over classes present; all-classes "
-                   f"{metrics['miou_all_classes']:.4f})   pixel accuracy {metrics['pixel_accuracy']:.4f}   "
+        intervals = metrics.get("intervals") or {}
+        scores, classes = intervals.get("scores", {}), intervals.get("per_class_iou", {})
+        click.echo(f"mIoU {metrics['miou']:.4f}{interval_text(scores.get('miou'))}   (mean over classes "
+                   f"present; all-classes {metrics['miou_all_classes']:.4f}"
+                   f"{interval_text(scores.get('miou_all_classes'))})   pixel accuracy "
+                   f"{metrics['pixel_accuracy']:.4f}{interval_text(scores.get('pixel_accuracy'))}   "
                    f"mPA {metrics['mean_pixel_accuracy']:.4f}   Dice "
-                   f"{metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}")
+                   f"{metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}"
+                   f"{interval_text(scores.get('dice'))}")
+        if intervals:
+            click.echo(f"  [..]: {100 * intervals['confidence']:g}% bootstrap intervals, "
+                       f"{intervals['resamples']} resamples of {intervals['groups']} "
+                       f"{'groups' if intervals.get('group_regex') else 'images'}")
         width = max(len(name) for name in metrics["class_names"])
-        click.echo(f"  {'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'pixels':>10}")
+        click.echo(f"  {'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'pixels':>10}"
+                   + ("  IoU interval" if intervals else ""))
 
         def fmt(v: float | None) -> str:
             return "    n/a" if v is None else f"{v:7.4f}"
@@ -73,7 +96,7 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
         for name in metrics["class_names"]:
             iou, acc = metrics["per_class_iou"][name], metrics["per_class_accuracy"][name]
             click.echo(f"  {name.ljust(width)}  {fmt(iou)}  {fmt(acc)}  "
-                       f"{metrics['per_class_support'][name]:>10}")
+                       f"{metrics['per_class_support'][name]:>10}{interval_text(classes.get(name))}")
     timings = metrics["timings"]
     click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, "
                f"{timings['wall_seconds']:.1f} s ({timings['images_per_second']} images/s in the pipeline)")
@@ -81,8 +104,12 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
     gate = metrics.get("gate")
     if gate:
         verdict = "passed" if gate["passed"] else "FAILED"
+        drop = gate.get("drop_interval")
+        paired = (f", drop {drop['estimate']:.4f} [{drop['low']:.4f}, {drop['high']:.4f}]"
+                  if drop else "")
         click.echo(f"regression gate {verdict}: baseline {gate['baseline_run_id']} mIoU "
-                   f"{gate['baseline_miou']:.4f}, max drop {gate['max_drop']}")
+                   f"{gate['baseline_miou']:.4f}, max drop {gate['max_drop']}{paired} "
+                   f"({gate.get('mode', 'plain')})")
     if metrics["command"] == "score" and metrics.get("config", {}).get("report", True):
         click.echo(f"report: {output.rstrip('/')}/report.html")
 
@@ -122,6 +149,7 @@ def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
 @click.command()
 @run_options
 @gate_options
+@bootstrap_options
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of a summary.")
 @click.pass_context
 def score(ctx: click.Context, as_json: bool, **params: Any) -> None:

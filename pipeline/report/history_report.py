@@ -44,6 +44,10 @@ def _latest_summary(records: list[dict[str, Any]]) -> str:
         text += (f"; gate against baseline {gate.get('baseline_run_id', '?')} (mIoU "
                  f"{_number(gate.get('baseline_miou'))}, allowed drop {gate.get('max_drop')}): "
                  f"{'passed' if gate.get('passed') else 'FAILED'}")
+        drop = gate.get("drop_interval")
+        if drop:
+            text += (f" ({gate.get('mode', 'plain')} gate; mIoU drop {_number(drop.get('estimate'))}, paired "
+                     f"95% interval [{_number(drop.get('low'))}, {_number(drop.get('high'))}])")
         if gate.get("dropped_classes"):
             text += f", classes that dropped: {', '.join(map(str, gate['dropped_classes']))}"
     return text + "."
@@ -81,8 +85,9 @@ def history_report(records: list[dict[str, Any]], history_uri: str,
     weakest = weakest_classes(records, classes)
     trend_blocks: tuple = (
         Figure("miou-trend", miou_trend(records),
-               "mIoU per run. Red crosses and bands: failed runs; green ring: a gate's baseline run; dashed "
-               "and dotted lines: the latest gate's baseline mIoU and the level below which it fails."),
+               "mIoU per run. Blue band: each run's mIoU 95% bootstrap interval (runs that recorded one). "
+               "Red crosses and bands: failed runs; green ring: a gate's baseline run; dashed and dotted "
+               "lines: the latest gate's baseline mIoU and the level below which it fails."),
     )
     if weakest:
         trend_blocks += (Figure("weakest-classes-trend", class_trend(records, weakest),

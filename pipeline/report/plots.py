@@ -53,11 +53,13 @@ def format_count(value: int) -> str:
 
 def per_class_iou_chart(class_names: Sequence[str], per_class_iou: dict[str, float | None],
                         support: dict[str, int], miou: float | None,
-                        colours: Sequence[tuple[int, int, int]]) -> bytes:
+                        colours: Sequence[tuple[int, int, int]],
+                        intervals: dict[str, tuple[float, float]] | None = None) -> bytes:
     """Horizontal bars of each class's IoU, worst at the top, in the class colours, with mIoU marked.
 
     Each label gives the class's pixel support (pixels of that class in the labels). Classes with no IoU
-    (absent from both labels and predictions) are listed last as "n/a".
+    (absent from both labels and predictions) are listed last as "n/a". `intervals` (class -> (low, high)),
+    when given, are drawn as error bars.
     """
     indices = list(range(len(class_names)))
     scored = sorted((i for i in indices if per_class_iou.get(class_names[i]) is not None),
@@ -71,15 +73,25 @@ def per_class_iou_chart(class_names: Sequence[str], per_class_iou: dict[str, flo
     bar_colours = [tuple(c / 255 for c in colours[i]) for i in order]
     positions = np.arange(len(order))
     axes.barh(positions, values, color=bar_colours, edgecolor="#30343b", linewidth=0.6)
+    with_bars = [(p, i) for p, i in zip(positions, order, strict=True)
+                 if intervals and class_names[i] in intervals and per_class_iou[class_names[i]] is not None]
+    if with_bars:
+        centre = np.array([per_class_iou[class_names[i]] or 0.0 for _, i in with_bars])
+        bounds = np.array([intervals[class_names[i]] for _, i in with_bars]).T  # type: ignore[index]
+        spread = np.clip(np.stack([centre - bounds[0], bounds[1] - centre]), 0.0, None)
+        axes.errorbar(centre, [p for p, _ in with_bars], xerr=spread, fmt="none", ecolor="#1d2330",
+                      elinewidth=1.2, capsize=3, zorder=3)
     axes.set_yticks(positions, [f"{class_names[i]}  ({format_count(support.get(class_names[i], 0))} px)"
                                 for i in order], fontsize=9)
     axes.invert_yaxis()
     for position, i in zip(positions, order, strict=True):
         iou = per_class_iou[class_names[i]]
-        axes.text(min((iou or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}",
+        interval = intervals.get(class_names[i]) if intervals else None
+        right = max(iou or 0.0, interval[1]) if interval else iou  # the value's label right of its error bar
+        axes.text(min((right or 0.0) + 0.01, 0.9), float(position), "n/a" if iou is None else f"{iou:.3f}",
                   va="center",
                   fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
-    title = "Per-class IoU, worst first"
+    title = "Per-class IoU, worst first" + (", 95% intervals as bars" if with_bars else "")
     if miou is not None:
         axes.axvline(miou, color="#c0392b", linestyle="--", linewidth=1.5)
         title += f" (dashed line: mIoU {miou:.3f})"
@@ -162,4 +174,29 @@ def class_legend(class_names: Sequence[str], colours: Sequence[tuple[int, int, i
     rows = -(-len(handles) // columns)
     figure = new_figure(9.0, 0.3 * rows + 0.3)
     figure.legend(handles=handles, loc="center", ncol=columns, frameon=False, fontsize=9)
+    return to_png(figure)
+
+
+def difference_chart(class_names: Sequence[str], differences: Sequence[tuple[float, float, float] | None],
+                     changed: Sequence[bool]) -> bytes:
+    """Each class's paired IoU difference (B - A) as a dot with its interval, in class order; classes whose
+    interval excludes 0 in red, 0 marked. `differences` holds (estimate, low, high), None without an IoU."""
+    count = len(class_names)
+    figure = new_figure(9.0, max(3.0, 0.32 * count + 1.5))
+    axes = figure.add_subplot()
+    axes.axvline(0.0, color="#30343b", linewidth=1.0)
+    for position, (difference, flagged) in enumerate(zip(differences, changed, strict=True)):
+        if difference is None or any(np.isnan(v) for v in difference):
+            axes.text(0.0, position, " n/a", va="center", fontsize=8, color="#6b7280")
+            continue
+        estimate, low, high = difference
+        colour = "#c0392b" if flagged else "#2c5d9e"
+        axes.errorbar([estimate], [position], xerr=[[max(estimate - low, 0.0)], [max(high - estimate, 0.0)]],
+                      fmt="o", color=colour, ecolor=colour, capsize=3, markersize=5)
+    axes.set_yticks(np.arange(count), list(class_names), fontsize=9)
+    axes.invert_yaxis()
+    axes.set_xlabel("IoU of B - IoU of A, with its paired 95% interval (red: changed beyond it)")
+    axes.set_title("Per-class IoU change")
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
     return to_png(figure)

@@ -66,6 +66,27 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(interval: dict[str, Any] | None) -> str:
+    if not interval or interval.get("low") is None or interval.get("high") is None:
+        return ""
+    return f" [{interval['low']:.4f}, {interval['high']:.4f}]"
+
+
+def _intervals_note(intervals: dict[str, Any] | None) -> str:
+    if not intervals:
+        return "none (--bootstrap 0, or a run made before intervals)"
+    unit = f"groups of ids (regex {intervals['group_regex']!r})" if intervals.get("group_regex") else "images"
+    return (f"[low, high]: {100 * intervals['confidence']:g}% percentile bootstrap, {intervals['resamples']} "
+            f"resamples of {intervals['groups']} {unit}, seed {intervals['seed']}")
+
+
+def class_intervals(metrics: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Class -> (low, high) of metrics.json's per-class IoU intervals (classes without one left out)."""
+    per_class = (metrics.get("intervals") or {}).get("per_class_iou", {})
+    return {name: (iv["low"], iv["high"]) for name, iv in per_class.items()
+            if iv.get("low") is not None and iv.get("high") is not None}
+
+
 def _summary(metrics: dict[str, Any], output: str) -> Table:
     model, dataset = metrics.get("model", {}), metrics.get("dataset", {})
     processing, backend = metrics.get("processing", {}), metrics.get("backend", {})
@@ -81,8 +102,9 @@ def _summary(metrics: dict[str, Any], output: str) -> Table:
                                                                                    {}).items()))
     num_images = metrics.get("num_images", 0)
     scored = f"{num_images} of {metrics.get('num_inputs', num_images)} inputs"
-    miou = (f"{_number(metrics.get('miou'))} (classes present); all classes "
-            f"{_number(metrics.get('miou_all_classes'))}")
+    scores = (metrics.get("intervals") or {}).get("scores", {})
+    miou = (f"{_number(metrics.get('miou'))}{_interval(scores.get('miou'))} (classes present); all classes "
+            f"{_number(metrics.get('miou_all_classes'))}{_interval(scores.get('miou_all_classes'))}")
     rows = [
         ("Model",
          f"{model.get('name', '?')} ({model.get('source', '?')}, backbone {model.get('backbone', '?')})"),
@@ -95,7 +117,9 @@ def _summary(metrics: dict[str, Any], output: str) -> Table:
         ("Images scored", scored),
         ("Errors", f"{metrics.get('num_errors', 0)}" + (f" ({by_stage})" if by_stage else "")),
         ("mIoU", miou),
-        ("Pixel accuracy", _number(metrics.get("pixel_accuracy"))),
+        ("Pixel accuracy", _number(metrics.get("pixel_accuracy")) + _interval(scores.get("pixel_accuracy"))),
+        ("Dice", _number(metrics.get("dice")) + _interval(scores.get("dice"))),
+        ("Intervals", _intervals_note(metrics.get("intervals"))),
         ("Wall time", f"{timings.get('wall_seconds', 0):.1f} s"),
         ("Images/s", str(timings.get("images_per_second"))),
         ("Finished", f"{metrics.get('finished_at', '?')} (unet-pipeline {metrics.get('version', '?')})"),
@@ -108,12 +132,21 @@ def _class_section(metrics: dict[str, Any], colours: list[tuple[int, int, int]])
     names = metrics["class_names"]
     iou, support = metrics["per_class_iou"], metrics["per_class_support"]
     accuracy = metrics.get("per_class_accuracy", {})
-    chart = Figure("per-class-iou", per_class_iou_chart(names, iou, support, metrics.get("miou"), colours),
-                   "Per-class IoU, worst first; the dashed line is the mIoU.")
+    bars = class_intervals(metrics)
+    chart = Figure("per-class-iou", per_class_iou_chart(names, iou, support, metrics.get("miou"), colours,
+                                                        bars or None),
+                   "Per-class IoU, worst first; the dashed line is the mIoU"
+                   + ("; error bars: 95% bootstrap intervals." if bars else "."))
     rows = tuple((name, _number(iou.get(name)), _number(accuracy.get(name)), format_count(support.get(name,
                                                                                                       0)))
+                 + ((_interval_cell(bars.get(name)),) if bars else ())
                  for name in sorted(names, key=lambda n: (iou.get(n) is None, iou.get(n) or 0.0, n)))
-    return Section("Per-class IoU", (chart, Table(("class", "IoU", "accuracy", "pixels"), rows)))
+    header = ("class", "IoU", "accuracy", "pixels") + (("IoU 95% interval",) if bars else ())
+    return Section("Per-class IoU", (chart, Table(header, rows)))
+
+
+def _interval_cell(bounds: tuple[float, float] | None) -> str:
+    return "n/a" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
 
 def _confusion_section(metrics: dict[str, Any], scale: ConfusionScale) -> Section:

@@ -67,17 +67,33 @@ def comparison_strip(image: Image.Image | None, label: np.ndarray | None, predic
     The prediction is the mask the run wrote (at the size it was scored); image and label are resized to it,
     as the run compared them. A missing image or label (moved or deleted since the run) gives a grey panel.
     """
-    height, width = prediction.shape
+    return _strip(image, label, [prediction], colours)
+
+
+def paired_strip(image: Image.Image | None, label: np.ndarray | None, prediction_a: np.ndarray | None,
+                 prediction_b: np.ndarray | None, colours: Sequence[tuple[int, int, int]]) -> bytes:
+    """PNG of image | ground truth | run A's prediction | run B's prediction (`compare`'s changed images).
+
+    A missing prediction (a run written with --format png only) gives a grey panel; at least one is needed
+    for the geometry.
+    """
+    return _strip(image, label, [prediction_a, prediction_b], colours)
+
+
+def _strip(image: Image.Image | None, label: np.ndarray | None, predictions: Sequence[np.ndarray | None],
+           colours: Sequence[tuple[int, int, int]]) -> bytes:
+    height, width = next(p for p in predictions if p is not None).shape
     size = panel_size(height, width)
     small_image = image.convert("RGB").resize(size, Image.Resampling.BILINEAR) if image is not None else None
+    backdrop = small_image or Image.new("RGB", size, (128, 128, 128))
     panels = [
         small_image if small_image is not None else _unavailable(size, "image\nunavailable"),
-        overlay(small_image or Image.new("RGB", size, (128, 128, 128)), _shrink_classes(label, size), colours)
+        overlay(backdrop, _shrink_classes(label, size), colours)
         if label is not None else _unavailable(size, "label\nunavailable"),
-        overlay(small_image or Image.new("RGB", size, (128, 128, 128)), _shrink_classes(prediction, size),
-                colours),
+        *(overlay(backdrop, _shrink_classes(p, size), colours) if p is not None
+          else _unavailable(size, "prediction\nunavailable") for p in predictions),
     ]
-    strip = Image.new("RGB", STRIP_SIZE, (255, 255, 255))
+    strip = Image.new("RGB", (len(panels) * PANEL + (len(panels) - 1) * GAP, PANEL), (255, 255, 255))
     for position, panel in enumerate(panels):
         left = position * (PANEL + GAP)
         strip.paste(Image.new("RGB", (PANEL, PANEL), _CELL_BACKGROUND), (left, 0))

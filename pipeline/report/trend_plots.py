@@ -51,14 +51,19 @@ def baseline_ids(records: Sequence[dict[str, Any]]) -> set[str]:
 
 
 def miou_trend(records: Sequence[dict[str, Any]]) -> bytes:
-    """mIoU per run; failed runs as red crosses (at the bottom when they have no mIoU), baselines ringed, and
-    the latest gate's baseline mIoU and threshold (baseline - max drop) as horizontal lines."""
+    """mIoU per run with its 95% interval as a band (runs that recorded one); failed runs as red crosses (at
+    the bottom when they have no mIoU), baselines ringed, and the latest gate's baseline mIoU and threshold
+    (baseline - max drop) as horizontal lines."""
     figure, axes = _axes_for_runs(records, "mIoU over runs", "mIoU")
     points = [(i, r["miou"]) for i, r in enumerate(records) if r.get("miou") is not None]
+    bands = [(i, r["miou_interval"]) for i, r in enumerate(records) if r.get("miou_interval")]
+    if bands:  # the run's own 95% interval: a drop inside the band is what another sample could give
+        axes.fill_between([i for i, _ in bands], [b[0] for _, b in bands], [b[1] for _, b in bands],
+                          color="#2c5d9e", alpha=0.18, linewidth=0, label="mIoU 95% interval", zorder=1)
     if points:
         axes.plot([i for i, _ in points], [v for _, v in points], color="#2c5d9e", linewidth=1.5, marker="o",
                   markersize=4, label="mIoU", zorder=2)
-    values = [v for _, v in points]
+    values = [v for _, v in points] + [b[0] for _, b in bands]
     low = min(values) if values else 0.0
     failed = [(i, r.get("miou")) for i, r in enumerate(records) if r.get("status") == "failed"]
     if failed:

@@ -95,7 +95,8 @@ def read_outputs(output: str) -> Outputs:
 
 
 SCORE_KEYS = ("confusion_matrix", "miou", "miou_all_classes", "pixel_accuracy", "mean_pixel_accuracy", "dice",
-              "per_class_iou", "per_class_accuracy", "per_class_dice", "per_class_support", "num_images")
+              "per_class_iou", "per_class_accuracy", "per_class_dice", "per_class_support", "num_images",
+              "intervals")
 
 
 def assert_same_results(got: Outputs, reference: Outputs) -> None:

@@ -166,7 +166,8 @@ def test_resume_accepts_settings_that_change_nothing_and_keeps_the_run_id(tmp_pa
 
     config = base_config("in", str(tmp_path / "out"), "c.pth")
     check_resume_settings(config, "sha", None)
-    faster = config.replace(resume=True, batch_size=16, concurrency=1, shard_size=4, max_errors=3)
+    faster = config.replace(resume=True, batch_size=16, concurrency=1, shard_size=4, max_errors=3,
+                            bootstrap=50, bootstrap_group="^[^_]+", bootstrap_seed=3, gate="significant")
     check_resume_settings(faster, "sha", None)
     assert new_run_id(faster)[-8:] == new_run_id(config)[-8:]
 

@@ -10,9 +10,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from constant_models import constant_model, expected_iou
 
 from pipeline.cli import main
+from pipeline.defaults import default_checkpoint
 from pipeline.demo.synthetic import CLASS_NAMES, write_dataset
 from pipeline.history import read_history
 
@@ -87,3 +89,52 @@ def test_a_run_over_max_errors_is_recorded_as_failed(scene, ray_session, tmp_pat
     (record,) = read_history(history_uri)
     assert record["status"] == "failed" and record["num_errors"] == 1 and record["num_images"] == 2
     assert record["gate"] is None and record["metrics_uri"].endswith("broken-1/metrics.json")
+
+
+def weakened(path, class_index: int) -> str:
+    """The packaged trained checkpoint with one class's output bias pushed down: that class is never
+    predicted, a regression the gate must catch."""
+    state = torch.load(default_checkpoint(), map_location="cpu", weights_only=True)
+    weights = state.get("state_dict", state)
+    weights["outc.conv.bias"] = weights["outc.conv.bias"].clone()
+    weights["outc.conv.bias"][class_index] -= 50.0
+    torch.save(state, path)
+    return str(path)
+
+
+def test_significant_gate_passes_a_rerun_and_fails_a_weakened_checkpoint(scene, ray_session, tmp_path,
+                                                                          capsys):
+    history_uri = str(tmp_path / "history.jsonl")
+    checkpoints = {"trained": default_checkpoint(), "weak": weakened(tmp_path / "weak.pth", 1)}
+
+    def score(name: str, run_id: str, *extra: str) -> int:
+        args = ["score", "-c", checkpoints[name], "-i", str(scene["data"]), "-o", str(tmp_path / "runs"),
+                "--history", history_uri, "--run-id", run_id, "--scale", "1", "--class-names",
+                ",".join(CLASS_NAMES), "--no-report", "--no-progress", "--bootstrap", "400", *extra]
+        try:
+            main(args)
+        except SystemExit as exit_:
+            return exit_.code
+        return 0
+
+    gate = ("--baseline", "good", "--gate", "significant", "--max-drop", "0.02")
+    assert score("trained", "good") == 0
+    assert score("trained", "again", *gate) == 0
+    again = read_history(history_uri)[-1]
+    assert again["gate"]["passed"] and again["gate"]["mode"] == "significant"
+    assert again["gate"]["drop_interval"]["estimate"] == 0 and again["gate"]["drop_interval"]["low"] <= 0
+    assert again["miou_interval"][0] <= again["miou"] <= again["miou_interval"][1]
+    capsys.readouterr()
+
+    assert score("weak", "weak", *gate) == 1
+    out, err = capsys.readouterr()
+    assert "regression gate FAILED" in out and "(significant)" in out
+    assert "lies wholly above it: --gate significant" in err and "disc" in err
+    weak = read_history(history_uri)[-1]
+    assert weak["status"] == "failed" and weak["gate"]["drop_interval"]["low"] > 0.02
+    assert weak["gate"]["dropped_classes"][0]["class"] == "disc"
+
+    main(["report", "--history", history_uri])
+    page = (tmp_path / "history.html").read_text()
+    assert "Blue band: each run" in page and "mIoU 95% bootstrap interval" in page
+    assert "significant gate; mIoU drop" in page

@@ -13,6 +13,7 @@ from pipeline.history import (
     append_history,
     evaluate_gate,
     find_baseline,
+    gate_report,
     new_run_id,
     read_history,
     run_output,
@@ -59,6 +60,10 @@ def test_tracked_runs_write_under_their_run_id():
     ({"baseline": "r1", "history": "h.jsonl", "command": "predict"}, "only `score`"),
     ({"max_drop": 1.5}, "--max-drop"),
     ({"max_drop": -0.1}, "--max-drop"),
+    ({"gate": "strict"}, "--gate plain or significant"),
+    ({"gate": "significant", "bootstrap": 0}, "--gate significant decides with a bootstrap"),
+    ({"bootstrap": -1}, "--bootstrap is a number of resamples"),
+    ({"bootstrap_group": "(unclosed"}, "--bootstrap-group '\\(unclosed' is not a valid regex"),
 ])
 def test_inconsistent_gate_settings_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -117,3 +122,20 @@ def test_gate_fails_beyond_max_drop_and_names_the_classes_that_dropped():
     same = evaluate_gate(baseline, baseline, max_drop=0.0)
     assert same["passed"] is True and same["dropped_classes"] == []
     assert evaluate_gate(_record("empty", None), baseline, 0.5)["passed"] is False  # no mIoU at all
+
+
+def test_significant_gate_fails_only_when_the_whole_drop_interval_is_above_max_drop():
+    baseline = _record("base", 0.60, per_class={"car": 0.6})
+    worse = _record("new", 0.55, per_class={"car": 0.5})
+
+    def drop(low: float, high: float) -> dict:
+        return {"estimate": 0.05, "low": low, "high": high, "confidence": 0.95, "resamples": 1000}
+
+    noisy = evaluate_gate(worse, baseline, 0.02, "significant", drop(0.01, 0.09))
+    assert noisy["passed"] is True and noisy["mode"] == "significant"  # plain would fail: 0.05 > 0.02
+    assert evaluate_gate(worse, baseline, 0.02, "plain", drop(0.01, 0.09))["passed"] is False
+    regression = evaluate_gate(worse, baseline, 0.02, "significant", drop(0.03, 0.07))
+    assert regression["passed"] is False and regression["drop_interval"]["low"] == 0.03
+    assert "lies wholly above it" in gate_report(regression, {**worse, "metrics_uri": "m"}, "h")
+    fallback = evaluate_gate(worse, baseline, 0.02, "significant", None)  # no interval: the plain rule
+    assert fallback["passed"] is False and fallback["mode"] == "plain"

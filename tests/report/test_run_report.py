@@ -99,7 +99,8 @@ def test_every_picture_is_a_decodable_png_of_the_expected_size(scored_run):
     assert all(image.size == THUMBNAIL for image in thumbnails)
     plots = {attrs["alt"]: image for attrs, image, _ in pictures if not re.match(r"\d+\. ", attrs["alt"])}
     assert {alt: image.size for alt, image in plots.items()} == {
-        "Per-class IoU, worst first; the dashed line is the mIoU.": (900, 300),  # 9 x 3 inches at 100 dpi
+        "Per-class IoU, worst first; the dashed line is the mIoU; error bars: 95% bootstrap intervals.":
+            (900, 300),  # 9 x 3 inches at 100 dpi
         "Confusion matrix, row-normalised.": (640, 480),  # (4.8 + 1.6 for the colour bar) x 4.8 inches
         "Class colours of the overlays.": (900, 60),  # one row of 5 swatches
     }
@@ -209,3 +210,61 @@ def test_report_option_reaches_the_run_config():
     given = {"input", "output", "checkpoint"}
     assert build_config("score", params, given | {"report"}).output.report is False
     assert build_config("score", {**params, "report": True}, given).output.report is True
+
+
+def test_score_writes_intervals_prints_them_and_draws_error_bars(scored_run, capsys):
+    from pipeline.cli.run_commands import print_summary
+
+    metrics = json.loads((scored_run / "metrics.json").read_text())
+    intervals = metrics["intervals"]
+    assert intervals["resamples"] == 1000 and intervals["seed"] == 0 and intervals["confidence"] == 0.95
+    assert intervals["images"] == intervals["groups"] == NUM_GOOD and intervals["group_regex"] is None
+    assert set(intervals["scores"]) == {"miou", "miou_all_classes", "pixel_accuracy", "mean_pixel_accuracy",
+                                        "mean_pixel_accuracy_all_classes", "dice"}
+    for name, interval in intervals["scores"].items():
+        assert interval["estimate"] == pytest.approx(metrics[name])
+        assert interval["low"] <= metrics[name] <= interval["high"]
+    for name in ("miou", "pixel_accuracy"):  # a random model predicts background: its other scores are fixed
+        assert intervals["scores"][name]["low"] < intervals["scores"][name]["high"]
+    assert list(intervals["per_class_iou"]) == list(CLASS_NAMES)
+    print_summary(metrics, str(scored_run))
+    out = capsys.readouterr().out
+    miou = intervals["scores"]["miou"]
+    assert f"mIoU {metrics['miou']:.4f} [{miou['low']:.2f}, {miou['high']:.2f}]" in out
+    assert "95% bootstrap intervals, 1000 resamples of 16 images" in out
+    page = (scored_run / "report.html").read_text()
+    assert "IoU 95% interval" in page and "percentile bootstrap, 1000 resamples of 16 images" in page
+
+
+def test_resume_accepts_other_bootstrap_settings_and_covers_every_committed_image(scored_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(scored_run, copy)
+    before = json.loads((copy / "metrics.json").read_text())
+    config = RunConfig.from_dict(before["config"]).replace(output=str(copy), resume=True, bootstrap=200,
+                                                           bootstrap_group=r"^(\D+)", report=False)
+    after = run(config).metrics
+    assert after["miou"] == before["miou"] and after["intervals"]["resamples"] == 200
+    assert after["intervals"]["images"] == NUM_GOOD and after["intervals"]["group_regex"] == r"^(\D+)"
+    assert after["intervals"]["groups"] < NUM_GOOD
+    off = run(config.replace(bootstrap=0)).metrics
+    assert off["intervals"] is None and off["miou"] == before["miou"]
+
+
+def test_compare_report_shows_the_images_of_a_real_run(scored_run, tmp_path):
+    """The report's plumbing on a real run (masks, manifest, sources) against a moved copy of itself; what
+    changes and by how much is tested on constructed runs (tests/metrics/test_run_intervals.py)."""
+    other = tmp_path / "other"
+    shutil.copytree(scored_run, other, ignore=shutil.ignore_patterns("report*"))
+    result = CliRunner().invoke(cli, ["compare", str(scored_run), str(other), "--top", "3", "--bootstrap",
+                                      "200", "--report", str(tmp_path / "cmp" / "a-vs-b.html")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"report: {tmp_path / 'cmp' / 'a-vs-b.html'}" in result.output
+    page = (tmp_path / "cmp" / "a-vs-b.html").read_text()
+    assert (tmp_path / "cmp" / "a-vs-b.md").is_file() and external_references(page) == []
+    pictures = embedded_pngs(page)
+    strips = [image for attrs, image, _ in pictures if re.match(r"\d+\. ", attrs["alt"])]
+    assert len(strips) == 3 and all(image.size == (4 * 160 + 3 * 4, 160) for image in strips)
+    assert all(distinct_colours(image) > 100 for image in strips)
+    assert "Per-class IoU change B - A with paired 95% intervals." in [a["alt"] for a, _, _ in pictures]
+    assert "Classes whose IoU changed beyond their interval: none." in page
