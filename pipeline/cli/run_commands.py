@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from pipeline.cli.options import (
     output_options,
     processing_options,
 )
+from pipeline.cli.summary import print_summary, print_warnings
 from pipeline.config import RunConfig
 
 if TYPE_CHECKING:
@@ -46,45 +48,23 @@ def run_options(func):
 def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """With no --input, the built-in default (synthetic shapes + the packaged checkpoint)."""
     from pipeline.cli.options import load_config_file
-    from pipeline.defaults import DEFAULT_OUTPUT, DEFAULT_RUN, default_checkpoint, default_dataset
+    from pipeline.defaults import (
+        DEFAULT_OUTPUT,
+        DEFAULT_RUN,
+        default_checkpoint,
+        default_dataset,
+        explicit_arguments,
+    )
 
     if params.get("input") or load_config_file(params.get("config_file")).get("input"):
         return {}
     if "checkpoint" in explicit or "layout" in explicit:
         raise click.UsageError("--checkpoint/--layout were given without --input: pass --input DATASET too.")
-    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet).",
-               err=True)
+    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet), "
+               "which is:\n  unet-pipeline score " + shlex.join(explicit_arguments(params.get("output") or
+                                                                     DEFAULT_OUTPUT)), err=True)
     return {**DEFAULT_RUN, "input": default_dataset(), "checkpoint": default_checkpoint(),
             "output": params.get("output") or DEFAULT_OUTPUT}
-
-
-def print_summary(metrics: dict[str, Any], output: str) -> None:
-    if metrics["command"] == "score":
-        click.echo(f"mIoU {metrics['miou']:.4f}   (mean over classes present; all-classes "
-                   f"{metrics['miou_all_classes']:.4f})   pixel accuracy {metrics['pixel_accuracy']:.4f}   "
-                   f"mPA {metrics['mean_pixel_accuracy']:.4f}   Dice "
-                   f"{metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}")
-        width = max(len(name) for name in metrics["class_names"])
-        click.echo(f"  {'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'pixels':>10}")
-
-        def fmt(v: float | None) -> str:
-            return "    n/a" if v is None else f"{v:7.4f}"
-
-        for name in metrics["class_names"]:
-            iou, acc = metrics["per_class_iou"][name], metrics["per_class_accuracy"][name]
-            click.echo(f"  {name.ljust(width)}  {fmt(iou)}  {fmt(acc)}  "
-                       f"{metrics['per_class_support'][name]:>10}")
-    timings = metrics["timings"]
-    click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, "
-               f"{timings['wall_seconds']:.1f} s ({timings['images_per_second']} images/s in the pipeline)")
-    click.echo(f"outputs: {output}")
-    gate = metrics.get("gate")
-    if gate:
-        verdict = "passed" if gate["passed"] else "FAILED"
-        click.echo(f"regression gate {verdict}: baseline {gate['baseline_run_id']} mIoU "
-                   f"{gate['baseline_miou']:.4f}, max drop {gate['max_drop']}")
-    if metrics["command"] == "score" and metrics.get("config", {}).get("report", True):
-        click.echo(f"report: {output.rstrip('/')}/report.html")
 
 
 def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
@@ -113,6 +93,7 @@ def _execute(config: RunConfig, as_json: bool) -> None:
 
 
 def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
+    print_warnings(metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
