@@ -71,8 +71,8 @@ def count_lines(metrics: dict[str, Any], output: str) -> list[str]:
         return [line + f": nothing left to do (every input was committed by an earlier attempt; {before} "
                        "images)"]
     speed = timings["images_per_second"]
-    resumed = f", {before} from earlier attempts" if before else ""
-    return [line + f" ({speed} images/s in the pipeline over {done_now} images done now{resumed})"]
+    resumed = f" over the {done_now} images of this attempt; {before} from earlier ones" if before else ""
+    return [line + f" ({speed} images/s in the pipeline{resumed})"]
 
 
 def print_warnings(metrics: dict[str, Any]) -> None:

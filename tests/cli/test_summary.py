@@ -128,3 +128,30 @@ def test_the_built_in_default_is_the_explicit_command_it_prints(tmp_path, ray_se
         k: v for k, v in b["config"].items() if k != "output"}
     assert "processing milesial-a013c80 (scale 1.0)" in default.stdout
     assert "processing milesial-a013c80 (scale 1.0)" in explicit.stdout
+
+
+def test_images_per_second_counts_only_the_images_of_this_attempt():
+    from types import SimpleNamespace
+
+    from pipeline.cli.summary import count_lines
+    from pipeline.io.commits import PartRecord
+    from pipeline.metrics import ConfusionAccumulator
+    from pipeline.results import run_metrics
+
+    def part(shard: int, rows: int) -> PartRecord:
+        return PartRecord(part=f"p{shard}", shard=shard, rows=tuple(range(rows)), num_ok=rows, num_errors=0,
+                          scores=ConfusionAccumulator(2), errors=(), files=(), committed=True)
+
+    family = SimpleNamespace(name="milesial", source="s", backbone="b")
+    checkpoint = SimpleNamespace(sha256="0" * 64, metadata={})
+    loaded = SimpleNamespace(family=family, config={}, checkpoint=checkpoint)
+    config = RunConfig.create(input="in", output="out", checkpoint="c.pth")
+    earlier, now = [part(0, 30), part(1, 30)], [part(2, 8)]
+    timings = {"pipeline_seconds": 4.0, "wall_seconds": 9.0}
+    metrics = run_metrics(config, loaded, "pairs", ("a", "b"), earlier + now, timings, 2, new_parts=now)
+    assert metrics["num_images"] == 68 and metrics["timings"]["images_per_second"] == 2.0  # 8 / 4 s
+    assert "(2.0 images/s in the pipeline over the 8 images of this attempt; 60 from earlier ones)" in (
+        count_lines(metrics, "out")[0])
+    finished = run_metrics(config, loaded, "pairs", ("a", "b"), earlier + now, timings, 2, new_parts=[])
+    assert finished["timings"]["images_per_second"] is None
+    assert "nothing left to do" in count_lines(finished, "out")[0]
