@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 from pipeline.errors import ConfigError
 from pipeline.io.fs import S3Options
 from pipeline.io.images import DEFAULT_MAX_PIXELS
+from pipeline.labels import IgnoreIndex, parse_ignore_index, parse_label_map
 from pipeline.quantize.methods import DEFAULT as DEFAULT_CALIBRATION
 from pipeline.quantize.methods import get_method
 from pipeline.sizes import parse_size
@@ -108,6 +109,14 @@ class DataConfig:
         help="Raw label value of each class, comma separated (e.g. 0,255).")
     class_names: tuple[str, ...] | None = setting(
         None, result=True, convert=_str_tuple, help="Class names, comma separated, in class-index order.")
+    ignore_index: IgnoreIndex = setting(
+        None, result=True, convert=parse_ignore_index,
+        help="Label value that is not scored (after --label-map): N, or `none` to score every value "
+             "[default: the layout's, 255 for pairs, voc, parquet, webdataset].")
+    label_map: str | None = setting(
+        None, result=True, convert=parse_label_map,
+        help="Raw label value -> class: RAW:CLASS pairs (0:0,255:1; CLASS `ignore` = not scored), a file of "
+             "such pairs (or JSON), or reduce_zero_label (0 ignored, v -> v-1).")
     limit: int | None = setting(None, result=True,
                                 help="Only the first N inputs (file layouts), e.g. for a smoke run.")
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, result=True,
@@ -122,7 +131,7 @@ class DataConfig:
         --label-values, milesial checkpoints that record integer mask values (HEAD checkpoints: the raw mask
         value of each class)
         map those raw values to classes."""
-        if (self.label_values is None and self.layout == "pairs" and mask_values
+        if (self.label_values is None and self.label_map is None and self.layout == "pairs" and mask_values
                 and all(isinstance(v, int) for v in mask_values)):
             return dataclasses.replace(self, label_values=tuple(mask_values))
         return self

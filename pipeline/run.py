@@ -232,10 +232,11 @@ def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord],
         logger.warning("%d inputs failed because the storage failed after its retries (stage 'storage' in "
                        "errors.jsonl): run the same command with --resume to try them again.", retry_later)
     metrics = run_metrics(config, prepared.loaded, prepared.layout.name, prepared.class_names, parts, timings,
-                          prepared.num_classes)
-    metrics["processing"] = {"name": prepared.processing.name, "scale": config.processing.scale,
-                             "input_size": list(config.processing.input_size) if config.processing.input_size
-                             else None}
+                          prepared.num_classes, new_parts=new_parts,
+                          ignore_index=prepared.label_rule.ignore_index if prepared.label_rule else None)
+    scale, size = (getattr(prepared.processing, name, None) for name in ("scale", "input_size"))
+    metrics["processing"] = {"name": prepared.processing.name, "scale": scale,  # in force, defaults included
+                             "input_size": list(size) if size else None}
     metrics["backend"] = {"name": config.backend.name, "device": config.backend.device,
                           "precision": config.backend.precision, "actors": plan.actors,
                           "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size}

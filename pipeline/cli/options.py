@@ -104,6 +104,8 @@ def _data_options() -> Decorator:
         config_option("mask_column"),
         config_option("id_column"),
         config_option("label_values"),
+        config_option("ignore_index"),
+        config_option("label_map"),
         config_option("class_names"),
         config_option("limit", type=int),
         config_option("max_pixels", type=int),

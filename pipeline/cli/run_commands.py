@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from pipeline.cli.options import (
     output_options,
     processing_options,
 )
+from pipeline.cli.summary import print_summary, print_warnings
 from pipeline.config import RunConfig
 
 if TYPE_CHECKING:
@@ -47,71 +49,23 @@ def run_options(func):
 def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """With no --input, the built-in default (synthetic shapes + the packaged checkpoint)."""
     from pipeline.cli.options import load_config_file
-    from pipeline.defaults import DEFAULT_OUTPUT, DEFAULT_RUN, default_checkpoint, default_dataset
+    from pipeline.defaults import (
+        DEFAULT_OUTPUT,
+        DEFAULT_RUN,
+        default_checkpoint,
+        default_dataset,
+        explicit_arguments,
+    )
 
     if params.get("input") or load_config_file(params.get("config_file")).get("input"):
         return {}
     if "checkpoint" in explicit or "layout" in explicit:
         raise click.UsageError("--checkpoint/--layout were given without --input: pass --input DATASET too.")
-    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet).",
-               err=True)
+    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet), "
+               "which is:\n  unet-pipeline score " + shlex.join(explicit_arguments(params.get("output") or
+                                                                     DEFAULT_OUTPUT)), err=True)
     return {**DEFAULT_RUN, "input": default_dataset(), "checkpoint": default_checkpoint(),
             "output": params.get("output") or DEFAULT_OUTPUT}
-
-
-def interval_text(interval: dict[str, Any] | None) -> str:
-    """` [0.79, 0.83]` for an interval of metrics.json's `intervals`; empty when there is none.
-
-    Example:
-        >>> interval_text({"estimate": 0.8123, "low": 0.7912, "high": 0.8307, "resamples": 1000})
-        ' [0.79, 0.83]'
-    """
-    if not interval or interval.get("low") is None or interval.get("high") is None:
-        return ""
-    return f" [{interval['low']:.2f}, {interval['high']:.2f}]"
-
-
-def print_summary(metrics: dict[str, Any], output: str) -> None:
-    if metrics["command"] == "score":
-        intervals = metrics.get("intervals") or {}
-        scores, classes = intervals.get("scores", {}), intervals.get("per_class_iou", {})
-        click.echo(f"mIoU {metrics['miou']:.4f}{interval_text(scores.get('miou'))}   (mean over classes "
-                   f"present; all-classes {metrics['miou_all_classes']:.4f}"
-                   f"{interval_text(scores.get('miou_all_classes'))})   pixel accuracy "
-                   f"{metrics['pixel_accuracy']:.4f}{interval_text(scores.get('pixel_accuracy'))}   "
-                   f"mPA {metrics['mean_pixel_accuracy']:.4f}   Dice "
-                   f"{metrics['dice'] if metrics['dice'] is None else round(metrics['dice'], 4)}"
-                   f"{interval_text(scores.get('dice'))}")
-        if intervals:
-            click.echo(f"  [..]: {100 * intervals['confidence']:g}% bootstrap intervals, "
-                       f"{intervals['resamples']} resamples of {intervals['groups']} "
-                       f"{'groups' if intervals.get('group_regex') else 'images'}")
-        width = max(len(name) for name in metrics["class_names"])
-        click.echo(f"  {'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'pixels':>10}"
-                   + ("  IoU interval" if intervals else ""))
-
-        def fmt(v: float | None) -> str:
-            return "    n/a" if v is None else f"{v:7.4f}"
-
-        for name in metrics["class_names"]:
-            iou, acc = metrics["per_class_iou"][name], metrics["per_class_accuracy"][name]
-            click.echo(f"  {name.ljust(width)}  {fmt(iou)}  {fmt(acc)}  "
-                       f"{metrics['per_class_support'][name]:>10}{interval_text(classes.get(name))}")
-    timings = metrics["timings"]
-    click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, "
-               f"{timings['wall_seconds']:.1f} s ({timings['images_per_second']} images/s in the pipeline)")
-    click.echo(f"outputs: {output}")
-    gate = metrics.get("gate")
-    if gate:
-        verdict = "passed" if gate["passed"] else "FAILED"
-        drop = gate.get("drop_interval")
-        paired = (f", drop {drop['estimate']:.4f} [{drop['low']:.4f}, {drop['high']:.4f}]"
-                  if drop else "")
-        click.echo(f"regression gate {verdict}: baseline {gate['baseline_run_id']} mIoU "
-                   f"{gate['baseline_miou']:.4f}, max drop {gate['max_drop']}{paired} "
-                   f"({gate.get('mode', 'plain')})")
-    if metrics["command"] == "score" and metrics.get("config", {}).get("report", True):
-        click.echo(f"report: {output.rstrip('/')}/report.html")
 
 
 def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
@@ -140,6 +94,7 @@ def _execute(config: RunConfig, as_json: bool) -> None:
 
 
 def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
+    print_warnings(metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:

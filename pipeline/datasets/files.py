@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.config import DataConfig
-from pipeline.datasets.base import Item, LabelRule, Layout, existing_stems, iter_files
+from pipeline.datasets.base import Item, LabelRule, Layout, existing_stems, iter_files, user_label_map
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import fs
 
@@ -76,9 +76,10 @@ class CarvanaLayout(PairedLayout):
     """Carvana as milesial reads it: labels 0/1 or 0/255 become classes 0/1."""
 
     def label_rule(self, num_classes: int, options: DataConfig) -> LabelRule:
-        if options.label_values is not None:
+        if user_label_map(options, num_classes) is not None:
             return super().label_rule(num_classes, options)
-        return LabelRule(self.name, num_classes, mapping={0: 0, 1: 1, 255: 1})
+        return LabelRule(self.name, num_classes, mapping={0: 0, 1: 1, 255: 1},
+                         ignore_index=self.ignore_for(options))
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,9 @@ class IsbiLayout(PairedLayout):
     """ISBI membrane as zhixuhao reads it: label/255 > 0.5 -> 1 (white = cell = 1, black = membrane = 0)."""
 
     def label_rule(self, num_classes: int, options: DataConfig) -> LabelRule:
-        if options.label_values is not None:
+        if user_label_map(options, num_classes) is not None:
             return super().label_rule(num_classes, options)
-        return LabelRule(self.name, num_classes, binarize_at=127)
+        return LabelRule(self.name, num_classes, binarize_at=127, ignore_index=None)
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,11 @@ FILE_LAYOUTS = (
               "VOC2012: JPEGImages/, SegmentationClass/ (palette PNG, 255 = ignore), ImageSets/Segmentation/"
               "<split>.txt", class_names=VOC_CLASSES),
     CarvanaLayout("carvana", "imgs/<id>.jpg with masks/<id>_mask.gif (0/1 or 0/255 -> classes 0/1)",
-                  class_names=("background", "car"), image_dir="imgs", mask_dir="masks",
+                  class_names=("background", "car"), ignore_index=None, image_dir="imgs", mask_dir="masks",
                   mask_suffix="_mask.gif"),
     IsbiLayout("isbi", "image/<i>.png with label/<i>.png; labels 0/255 -> 0 membrane, 1 cell",
-               class_names=("membrane", "cell"), image_dir="image", mask_dir="label", mask_suffix=".png"),
+               class_names=("membrane", "cell"), ignore_index=None, image_dir="image", mask_dir="label",
+               mask_suffix=".png"),
     PairedLayout("pairs", "images/<stem>.* with masks/<stem>.png of class indices (255 = ignore); "
                  "--image-dir/--mask-dir/--mask-suffix change the names"),
     FolderLayout("folder", "a folder of images, no labels (predict only)", has_labels=False),

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import InputError
 from pipeline.io import fs
 from pipeline.io.outputs import MASKS
+from pipeline.io.rows import confusion_classes
 from pipeline.metrics.bootstrap import ImageStats, image_stats
 
 COLUMNS = ("id", "confusion")
@@ -81,6 +82,7 @@ def _read_file(uri: str, s3: fs.S3Options | None, num_classes: int | None, batch
             if missing:
                 raise InputError(f"{uri} has no column {missing[0]!r}: it is not a mask part of a scored run "
                                  "(runs made before per-image matrices were written must be re-scored).")
+            c = c or confusion_classes(parquet.schema_arrow)
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
                 lists = batch.column("confusion")
                 scored = pc.is_valid(lists)

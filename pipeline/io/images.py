@@ -110,36 +110,6 @@ def decode_class_indices(image: Image.Image, *, layout: str) -> np.ndarray:
     )
 
 
-def map_label_values(values: np.ndarray, mapping: dict[int, int], *, layout: str,
-                     ignore_index: int = IGNORE_INDEX,
-                     ) -> np.ndarray:
-    """Map raw label pixel values to class indices; a value with no mapping is an error."""
-    lut = np.full(256, -1, dtype=np.int16)
-    for raw, cls in mapping.items():
-        lut[raw] = cls
-    lut[ignore_index] = ignore_index if ignore_index not in mapping else lut[ignore_index]
-    out = lut[values]
-    if (out < 0).any():
-        bad = sorted(int(v) for v in np.unique(values[out < 0]))[:8]
-        raise InputError(
-            f"The {layout} label holds pixel values {bad} that are not classes (expected {sorted(mapping)}): "
-            "check that this is a label of this layout, or pick the layout that matches."
-        )
-    return out.astype(np.uint8)
-
-
-def check_class_range(label: np.ndarray, num_classes: int, *, ignore_index: int = IGNORE_INDEX) -> None:
-    """Reject label values outside [0, num_classes) other than the ignore index."""
-    values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != ignore_index)]
-    if bad.size:
-        raise InputError(
-            f"The label holds values {[int(v) for v in bad[:8]]} outside the model's {num_classes} classes "
-            f"(0..{num_classes - 1}, {ignore_index} = ignore): the label does not fit this model. Check the "
-            "layout (0/255 masks need --layout carvana or isbi) or the checkpoint's number of classes."
-        )
-
-
 def check_same_size(image_size: tuple[int, int], label: np.ndarray) -> None:
     """Labels must have the size of their image: (W, H) of the image vs (H, W) of the label array."""
     width, height = image_size

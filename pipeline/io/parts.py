@@ -29,7 +29,15 @@ from pipeline.io import fs
 from pipeline.io.commits import PartRecord, write_record
 from pipeline.io.images import encode_png
 from pipeline.io.outputs import image_stats_name, mask_part_name, part_name, png_name
-from pipeline.io.rows import IMAGE_STATS_SCHEMA, MASK_SCHEMA, STORAGE_STAGE, ErrorRecord, failed, unpack
+from pipeline.io.rows import (
+    IMAGE_STATS_SCHEMA,
+    MASK_SCHEMA,
+    STORAGE_STAGE,
+    ErrorRecord,
+    failed,
+    unpack,
+    with_confusion_shape,
+)
 from pipeline.metrics import ConfusionAccumulator
 
 WRITER = f"{socket.gethostname()}:{os.getpid()}"  # the process writing parts (an inference actor)
@@ -116,6 +124,7 @@ def write_part(s: PartSettings, shard: int, rows: list[dict[str, Any]], inferred
 
 def _write_table(s: PartSettings, relative: str, rows: list[dict[str, Any]], schema: pa.Schema) -> str:
     buffer = io.BytesIO()
+    schema = with_confusion_shape(schema, s.num_classes)  # the flat `confusion` lists are C x C
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
     fs.write_bytes(fs.join(s.output, relative), buffer.getvalue(), s.s3)
     return relative

@@ -49,6 +49,24 @@ IMAGE_STATS_SCHEMA = pa.schema([
 ])
 """Rows of the per-image matrices (`_run/images/part-*.parquet`), written by every scoring run."""
 
+CONFUSION_SHAPE_KEY = b"confusion_shape"
+"""Schema metadata of every Parquet file with a `confusion` column: "C,C", the shape of its row-major flat
+list (rows = ground truth, columns = prediction), so a reader need not guess C from the list's length."""
+
+
+def with_confusion_shape(schema: pa.Schema, num_classes: int) -> pa.Schema:
+    """`schema` with the `confusion` column's shape (C, C) recorded in its metadata."""
+    return schema.with_metadata({
+        **(schema.metadata or {}), CONFUSION_SHAPE_KEY: f"{num_classes},{num_classes}",
+        b"confusion_layout": b"row-major; rows = ground truth, columns = prediction"})
+
+
+def confusion_classes(schema: pa.Schema) -> int | None:
+    """C of a file's (C, C) `confusion` lists, from its schema metadata (None: files of older versions)."""
+    shape = (schema.metadata or {}).get(CONFUSION_SHAPE_KEY)
+    return int(shape.decode().split(",")[0]) if shape else None
+
+
 STORAGE_STAGE = "storage"
 """Error stage of a row whose storage failed (network, 5xx) after client retries: retried by --resume."""
 

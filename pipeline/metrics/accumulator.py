@@ -21,7 +21,8 @@ from pipeline.metrics.scores import SegmentationScores, scores_from_confusion
 
 
 class ConfusionAccumulator:
-    """Summed (C, C) int64 confusion matrix (rows = ground truth), plus milesial's per-image Dice sum.
+    """Summed (C, C) int64 confusion matrix (rows = ground truth), plus milesial's per-image Dice sum and the
+    label pixels left out of the matrix (ignored: any label value outside [0, C)).
 
     Example:
         >>> acc = ConfusionAccumulator(2)
@@ -37,18 +38,27 @@ class ConfusionAccumulator:
         self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.num_scored = 0  # images added
         self.dice_sum = 0.0  # sum over images of milesial's per-image Dice
+        self.ignored_pixels = 0  # label pixels not scored
+        self.zero_and_ignored_images = 0  # images whose label holds only class 0 and ignored pixels (0/255)
 
     def update(self, target: np.ndarray, pred: np.ndarray) -> ImageScores:
         """Add one image (label and mask of the same size; label values outside [0, C) are ignored)."""
         matrix = confusion_matrix(target, pred, self.num_classes)
-        return self.add(matrix)
+        return self.add(matrix, label_pixels=int(target.size))
 
-    def add(self, matrix: np.ndarray) -> ImageScores:
-        """Add one image's confusion matrix; returns that image's own scores."""
+    def add(self, matrix: np.ndarray, label_pixels: int | None = None) -> ImageScores:
+        """Add one image's confusion matrix (and its label's pixel count, when known, to count the ignored
+        ones); returns that image's own scores."""
         scores = ImageScores.of(matrix)
         self.matrix += matrix
         self.num_scored += 1
         self.dice_sum += scores.dice
+        if label_pixels is not None:
+            ignored = label_pixels - int(matrix.sum())
+            self.ignored_pixels += ignored
+            class_0 = int(matrix[0].sum())
+            only_0_and_ignored = ignored > 0 and class_0 > 0 and class_0 + ignored == label_pixels
+            self.zero_and_ignored_images += int(only_0_and_ignored)
         return scores
 
     def merge(self, other: ConfusionAccumulator) -> ConfusionAccumulator:
@@ -59,6 +69,8 @@ class ConfusionAccumulator:
         self.matrix += other.matrix
         self.num_scored += other.num_scored
         self.dice_sum += other.dice_sum
+        self.ignored_pixels += other.ignored_pixels
+        self.zero_and_ignored_images += other.zero_and_ignored_images
         return self
 
     @classmethod
@@ -73,14 +85,21 @@ class ConfusionAccumulator:
         return scores_from_confusion(self.matrix, None if class_names is None else tuple(class_names))
 
     @property
+    def label_pixels(self) -> int:
+        """Every label pixel added: scored (the matrix) and ignored."""
+        return int(self.matrix.sum()) + self.ignored_pixels
+
+    @property
     def dice_per_image_mean(self) -> float | None:
         """milesial's evaluate.py Dice: the mean of per-image Dice (None before any image)."""
         return self.dice_sum / self.num_scored if self.num_scored else None
 
     def to_json(self) -> dict[str, Any]:
-        """`{"num_scored", "confusion" (flat, row-major), "dice_sum"}`: the state, as in commit records."""
+        """`{"num_scored", "confusion" (flat, row-major), "dice_sum", "ignored_pixels",
+        "zero_and_ignored_images"}`: the state, as in commit records."""
         return {"num_scored": self.num_scored, "confusion": self.matrix.ravel().tolist(),
-                "dice_sum": self.dice_sum}
+                "dice_sum": self.dice_sum, "ignored_pixels": self.ignored_pixels,
+                "zero_and_ignored_images": self.zero_and_ignored_images}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConfusionAccumulator:
@@ -92,6 +111,8 @@ class ConfusionAccumulator:
         acc.matrix = np.asarray(flat, np.int64).reshape(num_classes, num_classes)
         acc.num_scored = int(data["num_scored"])
         acc.dice_sum = float(data["dice_sum"])
+        acc.ignored_pixels = int(data.get("ignored_pixels", 0))  # records of older versions lack the counts
+        acc.zero_and_ignored_images = int(data.get("zero_and_ignored_images", 0))
         return acc
 
 

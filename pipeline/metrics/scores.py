@@ -38,6 +38,7 @@ class SegmentationScores:
     per_class_iou: np.ndarray
     per_class_accuracy: np.ndarray  # recall: TP / (TP + FN)
     per_class_dice: np.ndarray
+    per_class_precision: np.ndarray  # TP / (TP + FP): of the pixels predicted as the class, how many are
     miou: float
     miou_all_classes: float
     mean_pixel_accuracy: float  # mPA: nanmean of per-class accuracy
@@ -71,6 +72,11 @@ class SegmentationScores:
             "per_class_iou": named(self.per_class_iou),
             "per_class_accuracy": named(self.per_class_accuracy),
             "per_class_dice": named(self.per_class_dice),
+            "per_class_precision": named(self.per_class_precision),
+            "per_class_recall": named(self.per_class_accuracy),
+            "precision_recall_definition": "precision TP/(TP+FP) (column), recall TP/(TP+FN) (row; = "
+                                           "per_class_accuracy); null when the class was never predicted / "
+                                           "labelled",
             "per_class_support": dict(zip(self.class_names, (int(v) for v in support), strict=True)),
             "confusion_matrix": self.confusion_matrix.astype(np.int64).tolist(),
             "confusion_matrix_layout": "rows = ground truth, columns = prediction, pixel counts",
@@ -105,6 +111,7 @@ def scores_from_confusion(matrix: np.ndarray, class_names: list[str] | tuple[str
         per_class_iou=iou,
         per_class_accuracy=accuracy,
         per_class_dice=dice,
+        per_class_precision=_ratio(diag, cols),
         miou=_nanmean(iou),
         miou_all_classes=float((diag / np.maximum(union, 1)).mean()),
         mean_pixel_accuracy=_nanmean(accuracy),

@@ -69,7 +69,8 @@ def _run_table(records: list[dict[str, Any]]) -> Table:
             _delta(record.get("miou"), previous), _delta(record.get("miou"), gate.get("baseline_miou")),
             ", ".join(map(str, gate.get("dropped_classes") or [])),
             str(record.get("num_images", "")), str(record.get("num_errors", "")),
-            str(record.get("images_per_second", "")),
+            # null: a resumed run that had nothing left to do (images/s counts only an attempt's own images)
+            "n/a" if record.get("images_per_second") is None else str(record["images_per_second"]),
         ))
     return Table(("run", "started", "status", "mIoU", "vs previous", "vs baseline", "classes that dropped",
                   "images", "errors", "images/s"), tuple(rows))

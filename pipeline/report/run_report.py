@@ -120,29 +120,51 @@ def _summary(metrics: dict[str, Any], output: str) -> Table:
         ("Pixel accuracy", _number(metrics.get("pixel_accuracy")) + _interval(scores.get("pixel_accuracy"))),
         ("Dice", _number(metrics.get("dice")) + _interval(scores.get("dice"))),
         ("Intervals", _intervals_note(metrics.get("intervals"))),
+        ("Ignored label pixels", _ignored(metrics.get("labels"))),
         ("Wall time", f"{timings.get('wall_seconds', 0):.1f} s"),
-        ("Images/s", str(timings.get("images_per_second"))),
+        ("Images/s", _speed(timings)),
         ("Finished", f"{metrics.get('finished_at', '?')} (unet-pipeline {metrics.get('version', '?')})"),
         ("Output", output),
     ]
     return Table(("", ""), tuple(rows))
 
 
+def _ignored(labels: dict[str, Any] | None) -> str:
+    if not labels:
+        return "n/a"
+    share = "" if labels.get("ignored_fraction") is None else f" ({labels['ignored_fraction']:.1%})"
+    ignore = labels.get("ignore_index")
+    return (f"{labels['ignored_pixels']} of {labels['label_pixels']}{share}; ignore index "
+            f"{'none' if ignore is None else ignore}")
+
+
+def _speed(timings: dict[str, Any]) -> str:
+    """Images/s of the attempt that wrote the metrics; a resumed run with nothing left says so."""
+    before, now = timings.get("images_before", 0), timings.get("images_this_attempt")
+    if now == 0 and before:
+        return f"n/a: nothing left to do (all {before} images committed by an earlier attempt)"
+    speed = str(timings.get("images_per_second"))
+    return speed + (f" (over the {now} images of this attempt; {before} done before)" if before else "")
+
+
 def _class_section(metrics: dict[str, Any], colours: list[tuple[int, int, int]]) -> Section:
     names = metrics["class_names"]
     iou, support = metrics["per_class_iou"], metrics["per_class_support"]
-    accuracy = metrics.get("per_class_accuracy", {})
+    recall = metrics.get("per_class_recall") or metrics.get("per_class_accuracy", {})
+    precision = metrics.get("per_class_precision", {})  # runs before precision was recorded: n/a
     bars = class_intervals(metrics)
     chart = Figure("per-class-iou", per_class_iou_chart(names, iou, support, metrics.get("miou"), colours,
                                                         bars or None),
                    "Per-class IoU, worst first; the dashed line is the mIoU"
                    + ("; error bars: 95% bootstrap intervals." if bars else "."))
-    rows = tuple((name, _number(iou.get(name)), _number(accuracy.get(name)), format_count(support.get(name,
-                                                                                                      0)))
+    rows = tuple((name, _number(iou.get(name)), _number(precision.get(name)), _number(recall.get(name)),
+                  format_count(support.get(name, 0)))
                  + ((_interval_cell(bars.get(name)),) if bars else ())
                  for name in sorted(names, key=lambda n: (iou.get(n) is None, iou.get(n) or 0.0, n)))
-    header = ("class", "IoU", "accuracy", "pixels") + (("IoU 95% interval",) if bars else ())
-    return Section("Per-class IoU", (chart, Table(header, rows)))
+    header = ("class", "IoU", "precision", "recall", "pixels") + (("IoU 95% interval",) if bars else ())
+    note = ("Precision: of the pixels predicted as the class, the share that is the class; recall (per-class "
+            "accuracy): of the class's labelled pixels, the share predicted as it.")
+    return Section("Per-class IoU", (chart, Table(header, rows), note))
 
 
 def _interval_cell(bounds: tuple[float, float] | None) -> str:
@@ -229,7 +251,8 @@ def run_report(output: str, metrics: dict[str, Any], s3: fs.S3Options | None = N
               "data",
         subtitle=subtitle,
         sections=(
-            Section("Summary", (_summary(metrics, output),)),
+            Section("Summary", (*(f"Warning: {w}" for w in metrics.get("warnings", [])),
+                                _summary(metrics, output))),
             _class_section(metrics, colours),
             _confusion_section(metrics, confusion_scale),
             _worst_section(output, metrics, colours, worst, s3),

@@ -17,7 +17,8 @@ REQUIRED = {"input": "data", "output": "out", "checkpoint": "unet.pth"}
 RESULT_KEYS = {
     "input", "layout", "split", "image_dir", "mask_dir", "mask_suffix", "image_column", "mask_column",
     "id_column",
-    "label_values", "class_names", "limit", "max_pixels", "model", "checkpoint", "model_config", "processing",
+    "label_values", "ignore_index", "label_map", "class_names", "limit", "max_pixels", "model", "checkpoint",
+    "model_config", "processing",
     "scale", "input_size", "threshold", "backend", "precision", "backend_options", "calibration",
     "calibration_images", "vacc_model", "format", "png_values",
 }

@@ -49,6 +49,9 @@ def test_any_split_merged_in_any_order_equals_one_pass(seed, count, data):
     np.testing.assert_array_equal(merged.matrix, whole.matrix)
     assert merged.num_scored == whole.num_scored == count
     assert merged.dice_sum == pytest.approx(whole.dice_sum, rel=1e-12, abs=1e-12)
+    assert merged.ignored_pixels == whole.ignored_pixels == sum(int((t == 255).sum()) for t, _ in images)
+    assert merged.label_pixels == sum(t.size for t, _ in images)
+    assert merged.zero_and_ignored_images == whole.zero_and_ignored_images
     assert merged.compute().to_dict() == whole.compute().to_dict()
 
 
@@ -65,3 +68,15 @@ def test_the_state_is_the_sum_of_per_image_matrices():
 def test_merging_other_class_counts_is_refused():
     with pytest.raises(ValueError, match="3-class"):
         ConfusionAccumulator(2).merge(ConfusionAccumulator(3))
+
+
+def test_labels_holding_only_0_and_ignored_pixels_are_counted():
+    acc = ConfusionAccumulator(2)
+    pred = np.zeros((2, 2), np.uint8)
+    acc.update(np.array([[0, 255], [255, 255]], np.uint8), pred)  # a binary 0/255 mask: counted
+    acc.update(np.array([[0, 0], [0, 0]], np.uint8), pred)  # background only: not
+    acc.update(np.array([[255, 255], [255, 255]], np.uint8), pred)  # all ignored: not
+    acc.update(np.array([[0, 1], [255, 255]], np.uint8), pred)  # a real class: not
+    assert (acc.ignored_pixels, acc.label_pixels, acc.zero_and_ignored_images) == (9, 16, 1)
+    again = ConfusionAccumulator.from_json(json.loads(json.dumps(acc.to_json())))
+    assert (again.ignored_pixels, again.zero_and_ignored_images) == (9, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
-from sklearn.metrics import jaccard_score
+from sklearn.metrics import jaccard_score, precision_score, recall_score
 
 from pipeline.errors import InputError
 from pipeline.metrics import confusion_matrix, image_dice, image_scores, scores_from_confusion
@@ -103,3 +103,23 @@ def test_image_scores():
     assert accuracy == pytest.approx(7 / 8)
     assert miou == pytest.approx((3 / 4 + 4 / 5) / 2)
     assert all(np.isnan(v) for v in image_scores(np.zeros((2, 2), np.int64)))
+
+
+@pytest.mark.parametrize("c", [2, 5])
+def test_per_class_precision_and_recall_equal_sklearn(c):
+    rng = np.random.default_rng(40 + c)
+    targets, preds = random_masks(rng, 4, c)
+    preds[0][:] = np.where(preds[0] == c - 1, 0, preds[0])  # keep the last class rare in predictions
+    total = sum(confusion_matrix(t, p, c) for t, p in zip(targets, preds, strict=True))
+    t = np.concatenate([x.ravel() for x in targets])
+    p = np.concatenate([x.ravel() for x in preds])
+    keep = t != IGNORE
+    labels = list(range(c))
+    scores = scores_from_confusion(total).to_dict()
+    names = scores["class_names"]
+    np.testing.assert_allclose([scores["per_class_precision"][n] for n in names],
+                               precision_score(t[keep], p[keep], labels=labels, average=None), rtol=1e-12)
+    np.testing.assert_allclose([scores["per_class_recall"][n] for n in names],
+                               recall_score(t[keep], p[keep], labels=labels, average=None), rtol=1e-12)
+    never_predicted = scores_from_confusion(np.array([[3, 0], [2, 0]])).to_dict()
+    assert never_predicted["per_class_precision"]["class_1"] is None  # not 0: the class was never predicted

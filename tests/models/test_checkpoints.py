@@ -250,6 +250,28 @@ def test_safetensors_roundtrip(small_unet, tmp_path):
         read_checkpoint(str(tmp_path / "cut.safetensors"))
 
 
+def test_safetensors_files_are_read_by_the_safetensors_library(tmp_path):
+    """Files the library writes, in every dtype it and torch share (the unsigned ones included), read back
+    exactly; a header that lies about a tensor's bytes is refused as corrupt."""
+    from safetensors.torch import save
+
+    tensors = {"w": torch.randn(3, 2), "u16": torch.tensor([1, 65535], dtype=torch.uint16),
+               "u32": torch.tensor([4_000_000_000], dtype=torch.uint32), "f8": torch.zeros(2).to(
+                   torch.float8_e4m3fn)}
+    data = save(tensors, metadata={"mask_values": "[0, 1]"})
+    (tmp_path / "lib.safetensors").write_bytes(data)
+    got = read_checkpoint(str(tmp_path / "lib.safetensors"))
+    assert got.metadata["mask_values"] == [0, 1] and set(got.state_dict) == set(tensors)
+    for name, tensor in tensors.items():
+        assert got.state_dict[name].dtype == tensor.dtype
+        assert torch.equal(got.state_dict[name].view(torch.uint8), tensor.view(torch.uint8))
+    header_len = int.from_bytes(data[:8], "little")
+    lying = data[:8] + data[8:8 + header_len].replace(b'"u16"', b'"u1X"', 1) + data[8 + header_len:-2]
+    (tmp_path / "bad.safetensors").write_bytes(lying)
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors is truncated or corrupt"):
+        read_checkpoint(str(tmp_path / "bad.safetensors"))
+
+
 def test_keras_hdf5_is_detected_and_delegated(tmp_path, monkeypatch):
     seen = {}
 

@@ -56,7 +56,7 @@ def history_records() -> list[dict]:
         _record(1, mious[1], "passed", per_class[1], gate(True, [])),
         _record(2, mious[2], "passed", per_class[2], gate(True, [])),
         _record(3, mious[3], "failed", per_class[3], gate(False, ["disc"])),
-        _record(4, None, "failed", None, None),
+        {**_record(4, None, "failed", None, None), "images_per_second": None},  # nothing done in it
     ]
 
 
@@ -99,6 +99,7 @@ def test_run_table_marks_baseline_failures_and_dropped_classes(history):
     assert (failed[2] == "failed" and failed[3] == "0.4880" and failed[4] == "-0.1740"
             and failed[5] == "-0.1420")
     assert failed[6] == "disc"
+    assert rows[0].split(" | ")[-1].strip("| ") == "n/a" and rows[1].split(" | ")[-1].strip("| ") == "43.0"
     assert "gate against baseline" not in markdown.split("## Latest "
                                                          "run")[1].split("##")[0]  # run 4 had no gate
 
