@@ -221,6 +221,9 @@ def paired_drop(config: RunConfig, baseline: dict[str, Any], output: str) -> tup
     settings = bootstrap_settings(config.output)
     if settings is None:
         return None, None
+    if not baseline.get("output"):  # a line written by hand, or by a version before outputs were recorded
+        return None, (f"the history line of baseline {baseline.get('run_id')} names no output folder to "
+                      "pair with")
     try:
         return miou_drop(read_scored_run(baseline["output"], config.s3), read_scored_run(output, config.s3),
                          settings, config.output.bootstrap_group), None
