@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline.cli.options import (
+    BadOptions,
+    RunCommand,
     build_config,
     data_options,
     execution_options,
@@ -20,7 +22,8 @@ from pipeline.cli.options import (
     output_options,
     processing_options,
 )
-from pipeline.config import RunConfig
+from pipeline.config import COMMAND_DEFAULTS, RunConfig
+from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.progress import Progress
@@ -33,6 +36,8 @@ class RunHooks:
 
     # e.g. LineProgress: progress lines for a job log, whatever the terminal says
     progress: Callable[[], Progress] | None = None
+    # e.g. the jobs' refusal of an output that dies with the job: raise click.UsageError to refuse
+    check_config: Callable[[RunConfig], None] | None = None
 
 
 def run_options(func):
@@ -45,17 +50,16 @@ def run_options(func):
 
 def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """With no --input, the built-in default (synthetic shapes + the packaged checkpoint)."""
-    from pipeline.cli.options import load_config_file
-    from pipeline.defaults import DEFAULT_OUTPUT, DEFAULT_RUN, default_checkpoint, default_dataset
+    from pipeline.api import builtin_defaults
 
-    if params.get("input") or load_config_file(params.get("config_file")).get("input"):
-        return {}
-    if "checkpoint" in explicit or "layout" in explicit:
-        raise click.UsageError("--checkpoint/--layout were given without --input: pass --input DATASET too.")
-    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet).",
-               err=True)
-    return {**DEFAULT_RUN, "input": default_dataset(), "checkpoint": default_checkpoint(),
-            "output": params.get("output") or DEFAULT_OUTPUT}
+    try:
+        defaults = builtin_defaults(params, explicit)
+    except ConfigError as err:
+        raise BadOptions(str(err)) from None
+    if defaults:
+        click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial "
+                   "UNet).", err=True)
+    return defaults
 
 
 def print_summary(metrics: dict[str, Any], output: str) -> None:
@@ -89,12 +93,9 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
 
 def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run the pipeline; a tracked run (--run-id / --history) goes through the run history and its gate."""
-    from pipeline.history import run_tracked
-    from pipeline.run import run
+    from pipeline import api
 
-    if config.tracking.run_id or config.tracking.history:
-        return run_tracked(config, lambda tracked: run(tracked, progress))
-    return run(config, progress)
+    return api.execute(config, progress)
 
 
 def _execute(config: RunConfig, as_json: bool) -> None:
@@ -102,6 +103,8 @@ def _execute(config: RunConfig, as_json: bool) -> None:
     from pipeline.progress import progress_for
 
     hooks = click.get_current_context().find_object(RunHooks) or RunHooks()
+    if hooks.check_config is not None:
+        hooks.check_config(config)
     enabled = config.execution.progress
     progress = hooks.progress() if hooks.progress and enabled is not False else progress_for(enabled)
     try:
@@ -119,7 +122,15 @@ def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
         print_summary(metrics, output)
 
 
-@click.command()
+def _config(command: str, params: dict[str, Any], explicit: set[str], defaults: dict[str, Any]) -> RunConfig:
+    """The run's configuration; options that do not make a valid one are a usage error (exit status 2)."""
+    try:
+        return build_config(command, params, explicit, defaults)
+    except ConfigError as err:
+        raise BadOptions(str(err)) from None
+
+
+@click.command(cls=RunCommand, run_command="score")
 @run_options
 @gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of a summary.")
@@ -138,11 +149,11 @@ def score(ctx: click.Context, as_json: bool, **params: Any) -> None:
           -o s3://results/carvana --scale 0.5 --format both
     """
     explicit = explicit_params(ctx)
-    config = build_config("score", params, explicit, default_run_settings(params, explicit))
+    config = _config("score", params, explicit, default_run_settings(params, explicit))
     _execute(config, as_json)
 
 
-@click.command()
+@click.command(cls=RunCommand, run_command="predict")
 @run_options
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of a summary.")
 @click.pass_context
@@ -155,5 +166,5 @@ def predict(ctx: click.Context, as_json: bool, **params: Any) -> None:
       unet-pipeline predict -c unet_membrane.hdf5 -i s3://em/test -l folder -o s3://em/pred --format both
     """
     explicit = explicit_params(ctx)
-    config = build_config("predict", params, explicit, {"layout": "folder"})
+    config = _config("predict", params, explicit, COMMAND_DEFAULTS["predict"])
     _execute(config, as_json)
