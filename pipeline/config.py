@@ -220,6 +220,8 @@ class ExecutionConfig:
     ray_address: str | None = setting(None, result=False,
                                       help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     progress: bool | None = setting(None, result=False, help="Progress bars (default: on a terminal only).")
+    verbose: bool = setting(False, result=False,
+                            help="Show Ray's own log lines (INFO and up; by default warnings and errors).")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.shard_size < 1:

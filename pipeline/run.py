@@ -93,7 +93,7 @@ def _prepare_beside_ray(config: RunConfig) -> PreparedRun:
 
     with ThreadPoolExecutor(1, thread_name_prefix="prepare") as worker:
         prepared = worker.submit(prepare_run, config)
-        ensure_ray(config.execution.ray_address)
+        ensure_ray(config.execution.ray_address, verbose=config.execution.verbose)
         return prepared.result()
 
 

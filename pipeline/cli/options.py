@@ -176,6 +176,7 @@ def _execution_options() -> Decorator:
         click.option("--s3-region", help="S3 region (default: AWS_REGION)."),
         click.option("--s3-anonymous", is_flag=True, help="Read public buckets without credentials."),
         config_option("progress", "--progress/--no-progress", default=None),
+        config_option("verbose", "--verbose", "-v", is_flag=True, default=False, show_default=False),
         config_option("report", "--report/--no-report"),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      help="JSON or YAML file of run settings (the long option names as keys, '_' for '-'); "
