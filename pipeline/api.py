@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import COMMAND_DEFAULTS, RunConfig
+from pipeline.config import COMMAND_DEFAULTS, SECTIONS, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.io.fs import S3Options
 
@@ -31,10 +31,45 @@ MODEL_OVERRIDES = ("num_classes", "in_channels", "bilinear", "base_channels", "c
 S3_SETTINGS = ("s3_endpoint", "s3_region", "s3_anonymous")
 """Options that make the run's `S3Options` (credentials only ever come from the environment)."""
 CONFIG_FILE = "config_file"
+OPTION_KEYS = {"address": "ray_address"}
+"""Long option names (with '_' for '-') that differ from the flat configuration key they set."""
+
+
+def option_names() -> list[str]:
+    """The names a config file or the Python API may use: the run commands' long options, '_' for '-'."""
+    renamed = {key: name for name, key in OPTION_KEYS.items()}
+    return sorted({renamed.get(key, key) for key in RunConfig.keys()} | {*MODEL_OVERRIDES, *S3_SETTINGS})
+
+
+def settings_by_key(settings: dict[str, Any], source: str) -> dict[str, Any]:
+    """`settings` named by option (or flat key, or section) with option names turned into flat keys; an
+    unknown name is refused naming `source`, the closest option name and the valid ones."""
+    import difflib
+
+    valid = set(option_names()) | set(RunConfig.keys()) | set(SECTIONS) | {"s3", CONFIG_FILE}
+    for name in settings:
+        if name not in valid:
+            close = difflib.get_close_matches(name, option_names(), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"Unknown setting {name!r} in {source}.{hint} Valid names (the long options, "
+                              f"'_' for '-'): {', '.join(option_names())}.")
+    return {OPTION_KEYS.get(name, name): value for name, value in settings.items()}
+
+
+def _file_settings(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """A config file's settings as RunConfig.from_dict takes them (model overrides, S3 options folded in)."""
+    settings = settings_by_key(data, path)
+    overrides = {key: settings.pop(key) for key in MODEL_OVERRIDES if key in settings}
+    if overrides:
+        settings["model_config"] = {**settings.get("model_config", {}), **overrides}
+    s3 = {key: settings.pop(key) for key in S3_SETTINGS if key in settings}
+    if s3:
+        settings["s3"] = S3Options(s3.get("s3_endpoint"), s3.get("s3_region"), bool(s3.get("s3_anonymous")))
+    return settings
 
 
 def load_config_file(path: str | None) -> dict[str, Any]:
-    """The settings of a JSON or YAML config file (a mapping of flat keys and/or sections)."""
+    """The settings of a JSON or YAML config file (option names and/or sections), by flat key."""
     if not path:
         return {}
     text = Path(path).read_text()
@@ -50,7 +85,7 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of run settings (e.g. {{\"input\": ..., \"output\": "
                           "...}).")
-    return data
+    return _file_settings(data, path)
 
 
 def builtin_defaults(settings: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
@@ -101,11 +136,8 @@ def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
 
 def config_for(command: str, options: dict[str, Any]) -> RunConfig:
     """The RunConfig that `unet-pipeline <command>` with these options (by flat key) would run."""
-    settings = {CONFIG_FILE if key == "config" else key: value for key, value in options.items()}
-    known = {*RunConfig.keys(), *MODEL_OVERRIDES, *S3_SETTINGS, CONFIG_FILE}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        RunConfig.from_dict({unknown[0]: settings[unknown[0]]})  # raises, with the closest option name
+    renamed = {CONFIG_FILE if key == "config" else key: value for key, value in options.items()}
+    settings = settings_by_key(renamed, "the keyword arguments")
     explicit = {key for key, value in settings.items() if value is not None}
     defaults = dict(COMMAND_DEFAULTS.get(command, {}))
     if command == "score":
