@@ -70,8 +70,11 @@ def _file_settings(data: dict[str, Any], path: str) -> dict[str, Any]:
 
 def load_config_file(path: str | None) -> dict[str, Any]:
     """The settings of a JSON or YAML config file (option names and/or sections), by flat key."""
-    if not path:
-        return {}
+    return _file_settings(read_mapping(path), path) if path else {}
+
+
+def read_mapping(path: str) -> dict[str, Any]:
+    """The mapping a JSON or YAML file holds (run settings, or `table`'s spec)."""
     text = Path(path).read_text()
     if path.endswith((".yaml", ".yml")):
         try:
@@ -85,7 +88,7 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of run settings (e.g. {{\"input\": ..., \"output\": "
                           "...}).")
-    return _file_settings(data, path)
+    return data
 
 
 def builtin_defaults(settings: dict[str, Any], explicit: set[str]) -> dict[str, Any]:

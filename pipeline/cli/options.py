@@ -1,8 +1,10 @@
-"""The run options, generated from `RunConfig`'s fields, and turning parsed options into a `RunConfig`.
+"""The run options, generated from `RunConfig`'s fields, and the run commands' help (`RunCommand`).
 
 Every option's help text and default come from the configuration field it sets (`pipeline.config`), and the
-choices of `--backend`, `--precision` and `--calibration` from their registries, so nothing is spelled twice.
-The click parameter of an option is named after its flat configuration key (`input`, `batch_size`, ...).
+choices of `--model`, `--layout`, `--processing`, `--backend`, `--precision` and `--calibration` from their
+registries, so nothing is spelled twice. The click parameter of an option is named after its flat
+configuration key (`input`, `batch_size`, ...); `pipeline.api.build_config` turns them into a `RunConfig`.
+Which commands offer an option, and in which help section, follows from its field (`commands=`, its section).
 """
 
 from __future__ import annotations
