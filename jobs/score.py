@@ -3,8 +3,10 @@
     ray job submit --working-dir . -- python jobs/score.py --input s3://data/val --output s3://runs/nightly \
         --checkpoint s3://models/unet.pth --history s3://runs/nightly/history.jsonl --baseline last-good
 
-With no options it runs the built-in default (synthetic shapes, packaged checkpoint). Exit status 0: passed;
-1: failed (errors above --max-errors, or mIoU fell more than --max-drop below --baseline); 2: bad options.
+With no options it runs the built-in default (synthetic shapes, packaged checkpoint); submitted with
+--working-dir, give --output as an s3:// URI or an absolute path (the working dir is deleted after the job).
+Exit status 0: passed; 1: failed (errors above --max-errors, or mIoU fell more than --max-drop below
+--baseline); 2: bad options (an output inside the job's working dir included).
 """
 
 import sys

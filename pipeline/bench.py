@@ -180,7 +180,7 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
     main_variant = BackendVariant(config.backend.name, config.backend.precision, dict(config.backend.options))
     loop = bare_loop(first, main_variant, threads)  # before Ray starts: nothing else runs on the machine
     started = time.perf_counter()
-    ensure_ray(config.execution.ray_address)
+    ensure_ray(config.execution.ray_address, verbose=config.execution.verbose)
     ray_seconds = time.perf_counter() - started
 
     with tempfile.TemporaryDirectory(prefix="unet-bench-out-") as scratch:

@@ -84,7 +84,7 @@ def scale_bench(config: RunConfig, sizes: list[int]) -> dict[str, Any]:
     from pipeline.run import run
 
     sizes = sorted(sizes)
-    ensure_ray(config.execution.ray_address)
+    ensure_ray(config.execution.ray_address, verbose=config.execution.verbose)
     rows = []
     with keep_pool(), tempfile.TemporaryDirectory(prefix="unet-scale-") as scratch:
         base = config.replace(layout="pairs", shard_size=config.execution.shard_size, report=False,

@@ -38,13 +38,21 @@ FORMATS = ("parquet", "png", "both")
 PNG_VALUES = ("classes", "upstream")
 GATES = ("plain", "significant")
 SectionT = TypeVar("SectionT")
+_LABELLED = ("score", "bench")  # the commands that read labels
 COMMANDS = ("score", "predict")
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"predict": {"layout": "folder"}}
+"""Defaults that differ by command (the CLI and the Python API both apply them): predict reads bare images."""
 
 
 def setting(default: Any = MISSING, *, result: bool, help: str, key: str | None = None,
-            convert: Callable[[Any], Any] | None = None, factory: Callable[[], Any] | None = None) -> Any:
-    """A configuration field: default, whether it changes results, help, flat key and input converter."""
-    metadata = {"result": result, "help": help, "key": key, "convert": convert}
+            convert: Callable[[Any], Any] | None = None, factory: Callable[[], Any] | None = None,
+            commands: tuple[str, ...] | None = None) -> Any:
+    """A configuration field: default, whether it changes results, help, flat key and input converter.
+
+    `commands`: the commands it does something for (`score`, `predict`, `bench`); None: every one. The CLI
+    offers an option only on those commands.
+    """
+    metadata = {"result": result, "help": help, "key": key, "convert": convert, "commands": commands}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -96,13 +104,14 @@ class DataConfig:
     split: str = setting("val", result=True, help="voc: ImageSets/Segmentation/<split>.txt.")
     image_dir: str | None = setting(None, result=True,
                                     help="pairs/carvana/isbi: image folder name under --input.")
-    mask_dir: str | None = setting(None, result=True,
+    mask_dir: str | None = setting(None, result=True, commands=_LABELLED,
                                    help="pairs/carvana/isbi: label folder name under --input.")
-    mask_suffix: str | None = setting(None, result=True,
+    mask_suffix: str | None = setting(None, result=True, commands=_LABELLED,
                                       help="pairs/carvana/isbi: label file = <stem><suffix> (e.g. "
                                            "_mask.gif).")
     image_column: str | None = setting(None, result=True, help="parquet: column of image bytes.")
-    mask_column: str | None = setting(None, result=True, help="parquet: column of mask bytes.")
+    mask_column: str | None = setting(None, result=True, commands=_LABELLED,
+                                      help="parquet: column of mask bytes.")
     id_column: str | None = setting(None, result=True, help="parquet: column of ids.")
     label_values: tuple[int, ...] | None = setting(
         None, result=True, convert=_int_tuple,
@@ -215,13 +224,15 @@ class ExecutionConfig:
                                             help="Intra-op threads per actor (default: its CPUs).")
     num_cpus_per_task: float = setting(0.5, result=False, help="Ray CPUs of each read/preprocess/write task.")
     max_errors: float | None = setting(
-        None, result=False, convert=parse_max_errors,
+        None, result=False, convert=parse_max_errors, commands=COMMANDS,
         help="Fail the run above this many bad inputs (count, or fraction like 0.05 or 5%).")
-    resume: bool = setting(False, result=False,
+    resume: bool = setting(False, result=False, commands=COMMANDS,
                            help="Continue an interrupted run in --output, skipping committed work.")
     ray_address: str | None = setting(None, result=False,
                                       help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     progress: bool | None = setting(None, result=False, help="Progress bars (default: on a terminal only).")
+    verbose: bool = setting(False, result=False,
+                            help="Show Ray's own log lines (INFO and up; by default warnings and errors).")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.shard_size < 1:
@@ -241,7 +252,7 @@ class OutputConfig:
                               help="PNG files: class indices (VOC palette up to 21 classes), or the values "
                                    "the model family's predict script writes (upstream: milesial "
                                    "class*255//C or the checkpoint's mask_values, zhixuhao 0/255).")
-    report: bool = setting(True, result=False,
+    report: bool = setting(True, result=False, commands=("score",),
                            help="score: write report.html/report.md (plots, worst images, errors) next to "
                                 "metrics.json.")
     bootstrap: int = setting(1000, result=False,
@@ -285,11 +296,11 @@ class TrackingConfig:
     history: str | None = setting(None, result=False,
                                   help="Run history, local or s3:// JSON Lines: one line per run (mIoU, "
                                        "per-class IoU, throughput).")
-    baseline: str | None = setting(None, result=False,
+    baseline: str | None = setting(None, result=False, commands=("score",),
                                    help="Regression gate: a run id in --history, or last-good (latest passed "
                                         "run on the same dataset). The run fails if its mIoU falls more than "
                                         "--max-drop below it.")
-    max_drop: float = setting(0.01, result=False,
+    max_drop: float = setting(0.01, result=False, commands=("score",),
                               help="Largest allowed mIoU drop below --baseline (absolute, e.g. 0.02 = two "
                                    "IoU points).")
     gate: str = setting("plain", result=False,

@@ -28,16 +28,19 @@ NODE_LOSS_RETRY_ENV = {
 }
 
 
-def ensure_ray(address: str | None = None) -> None:
+def ensure_ray(address: str | None = None, verbose: bool = False) -> None:
     """Initialise Ray once per process.
 
     `address` (or RAY_ADDRESS, which `ray job submit` sets for its jobs) connects to that cluster; with
     neither, a local Ray is started with this machine's CPUs and no dashboard, whose processes all end with
     this one however it ends (`pipeline.ray_guard`). Call it on the main thread: Ray ties its daemons' lives
     to the thread that starts them. Ray Data's own progress bars stay off: the run reports its progress itself
-    (`pipeline.progress`), from the parts it commits.
+    (`pipeline.progress`), from the parts it commits. `verbose` (`--verbose`): Ray's and Ray Data's INFO
+    lines too, for a Ray that this call starts or joins.
     """
     import ray
+
+    level = logging.INFO if verbose else logging.WARNING
 
     if not ray.is_initialized():
         # Read once, when Ray starts or connects: set them only then, not on every call (a process that
@@ -47,14 +50,14 @@ def ensure_ray(address: str | None = None) -> None:
         os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=address, logging_level=level, log_to_driver=True)
         else:
             from pipeline import ray_guard
 
             for key, value in LOCAL_RAY_ENV.items():
                 os.environ.setdefault(key, value)
             ray_guard.install()
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(include_dashboard=False, logging_level=level, log_to_driver=True)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -62,7 +65,7 @@ def ensure_ray(address: str | None = None) -> None:
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(level)
     # "Progress bars disabled": on purpose (see above)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.errors import PipelineError
+from pipeline.io import fs
 from pipeline.io.commits import PartRecord
+from pipeline.io.outputs import ERRORS, MASKS, PNG, REPORT_HTML
 from pipeline.metrics import ConfusionAccumulator
 
 if TYPE_CHECKING:
@@ -33,6 +35,27 @@ class RunResult:
     @property
     def miou(self) -> float | None:
         return self.metrics.get("miou")
+
+    @property
+    def per_class(self) -> list[dict[str, Any]]:
+        """One row per class (score): `{"class": name, "iou": ..., "accuracy": ..., "support": ...}`, from
+        metrics.json's `per_class_*` tables; [] for predict."""
+        tables = {key.removeprefix("per_class_"): value for key, value in self.metrics.items()
+                  if key.startswith("per_class_") and isinstance(value, dict)}
+        return [{"class": name, **{column: table.get(name) for column, table in tables.items()}}
+                for name in self.metrics.get("class_names", [])]
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Where the run wrote: output, metrics, errors, and (when written) report, masks and png folders."""
+        config = self.metrics.get("config", {})
+        formats = {"parquet": (MASKS,), "png": (PNG,), "both": (MASKS, PNG)}.get(config.get("format"), ())
+        paths = {"output": self.output, "metrics": self.metrics_uri, "errors": fs.join(self.output, ERRORS)}
+        if self.metrics.get("command") == "score" and config.get("report", True):
+            paths["report"] = fs.join(self.output, REPORT_HTML)
+        for folder in formats:
+            paths["masks" if folder == MASKS else folder] = fs.join(self.output, folder)
+        return paths
 
 
 class RunFailed(PipelineError):

@@ -71,10 +71,20 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     check_no_overlap(fs.normalize(config.data.input), output)
     BACKENDS.get(config.backend.name).check(config.backend, None)  # before Ray starts: a missing SDK, say
     s3 = config.s3.resolved()
+    _check_locations(config, s3)
     resume.check_writable(output, s3)
     prepared = _prepare_beside_ray(config)  # the checkpoint is checked before anything is written
     with OutputLock(output, s3):
         return _run_locked(prepared, progress or Progress(), started)
+
+
+def _check_locations(config: RunConfig, s3: fs.S3Options) -> None:
+    """One-line errors, in seconds, for an input that is not there and for S3 that cannot work (unreachable
+    endpoint, missing bucket, access denied), before Ray starts."""
+    fs.check_location(config.data.input, "--input", s3)
+    fs.check_location(config.output.uri, "--output", s3, must_exist=False)
+    if fs.is_s3(config.model.checkpoint):
+        fs.check_location(config.model.checkpoint, "--checkpoint", s3)
 
 
 def _prepare_beside_ray(config: RunConfig) -> PreparedRun:
@@ -83,7 +93,7 @@ def _prepare_beside_ray(config: RunConfig) -> PreparedRun:
 
     with ThreadPoolExecutor(1, thread_name_prefix="prepare") as worker:
         prepared = worker.submit(prepare_run, config)
-        ensure_ray(config.execution.ray_address)
+        ensure_ray(config.execution.ray_address, verbose=config.execution.verbose)
         return prepared.result()
 
 

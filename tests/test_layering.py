@@ -10,6 +10,7 @@ import sys
 import pytest
 
 LIGHT_MODULES = [
+    "pipeline", "pipeline.api",
     "pipeline.history", "pipeline.report.run_report", "pipeline.report.history_report", "pipeline.results",
     "pipeline.resume", "pipeline.io.commits", "pipeline.config", "pipeline.metrics", "pipeline.datasets",
     "pipeline.cli", "pipeline.backends", "pipeline.actor_plan",

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pipeline.cli.options import (
+    RunCommand,
     build_config,
     data_options,
     execution_options,
@@ -17,7 +18,7 @@ from pipeline.cli.options import (
 )
 
 
-@click.command()
+@click.command(cls=RunCommand, run_command="bench")
 @model_options
 @data_options
 @processing_options

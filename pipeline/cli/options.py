@@ -1,27 +1,24 @@
-"""The run options, generated from `RunConfig`'s fields, and turning parsed options into a `RunConfig`.
+"""The run options, generated from `RunConfig`'s fields, and the run commands' help (`RunCommand`).
 
 Every option's help text and default come from the configuration field it sets (`pipeline.config`), and the
-choices of `--backend`, `--precision` and `--calibration` from their registries, so nothing is spelled twice.
-The click parameter of an option is named after its flat configuration key (`input`, `batch_size`, ...).
+choices of `--model`, `--layout`, `--processing`, `--backend`, `--precision` and `--calibration` from their
+registries, so nothing is spelled twice. The click parameter of an option is named after its flat
+configuration key (`input`, `batch_size`, ...); `pipeline.api.build_config` turns them into a `RunConfig`.
+Which commands offer an option, and in which help section, follows from its field (`commands=`, its section).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
-from pipeline.config import FORMATS, PNG_VALUES, RunConfig
-from pipeline.errors import ConfigError
-from pipeline.io.fs import S3Options
+from pipeline.api import MODEL_OVERRIDES, build_config, load_config_file  # noqa: F401 (the commands' too)
+from pipeline.config import COMMAND_DEFAULTS, FORMATS, PNG_VALUES, RunConfig
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-MODEL_OVERRIDES = ("num_classes", "in_channels", "bilinear", "base_channels", "conv_bias")
-"""Options that override what the checkpoint says about the model (RunConfig.model.overrides)."""
 
 
 def compose(*decorators: Decorator) -> Decorator:
@@ -43,14 +40,10 @@ def config_option(key: str, *flags: str, **kwargs: Any) -> Decorator:
     f = where.field
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs.setdefault("help", f.metadata["help"])
-    if default is not None and "default" not in kwargs:
+    if default not in (None, "") and "default" not in kwargs:  # "": required, said by the help
         kwargs["default"] = default
         kwargs.setdefault("show_default", True)
     return click.option(*(flags or (f"--{key.replace('_', '-')}",)), key, **kwargs)
-
-
-def _names(registry: Any) -> str:
-    return ", ".join(registry.names())
 
 
 def _precisions() -> list[str]:
@@ -62,11 +55,55 @@ def _precisions() -> list[str]:
     return list(seen)
 
 
+class BadOptions(click.UsageError):
+    """Options that do not make a valid run: exit status 2 with one `Error: ...` line (no usage dump)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+class RegistryChoice(click.Choice):
+    """The names of a registry, loaded when first needed (help, completion, parsing): the model and
+    processing registries import torch, which the CLI does not load before a command needs it. A wrong name
+    is refused with the registry's own message (closest name, valid names)."""
+
+    def __init__(self, registry: Callable[[], Any]) -> None:
+        self._registry = registry
+        self.case_sensitive = False
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self._registry().names())
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        registry = self._registry()
+        name = str(value).strip().lower()
+        if name in registry:
+            return name
+        raise BadOptions(registry.unknown_message(str(value)), ctx)
+
+
+def _models() -> Any:
+    from pipeline.models import MODELS
+
+    return MODELS
+
+
+def _processings() -> Any:
+    from pipeline.processing import PROCESSINGS
+
+    return PROCESSINGS
+
+
+def _layouts() -> Any:
+    from pipeline.datasets import LAYOUTS
+
+    return LAYOUTS
+
+
 def _model_options() -> Decorator:
-    # Model and processing names are listed by `unet-pipeline models|processings`: their registries import
-    # torch, which the CLI does not load before a command needs it.
     return compose(
-        config_option("model", "--model", "-m"),
+        config_option("model", "--model", "-m", type=RegistryChoice(_models)),
         config_option("checkpoint", "--checkpoint", "-c"),
         click.option("--num-classes", type=int,
                      help="Override the number of classes (normally read off the weights)."),
@@ -82,7 +119,7 @@ def _model_options() -> Decorator:
 
 def _processing_options() -> Decorator:
     return compose(
-        config_option("processing"),
+        config_option("processing", type=RegistryChoice(_processings)),
         config_option("scale", type=float),
         config_option("input_size"),
         config_option("threshold", type=float),
@@ -90,12 +127,9 @@ def _processing_options() -> Decorator:
 
 
 def _data_options() -> Decorator:
-    from pipeline.datasets import LAYOUTS
-
     return compose(
         config_option("input", "--input", "-i"),
-        config_option("layout", "--layout", "-l",
-                      help=f"Dataset layout: {_names(LAYOUTS)} (`unet-pipeline layouts`)."),
+        config_option("layout", "--layout", "-l", type=RegistryChoice(_layouts)),
         config_option("split"),
         config_option("image_dir"),
         config_option("mask_dir"),
@@ -146,6 +180,7 @@ def _execution_options() -> Decorator:
         click.option("--s3-region", help="S3 region (default: AWS_REGION)."),
         click.option("--s3-anonymous", is_flag=True, help="Read public buckets without credentials."),
         config_option("progress", "--progress/--no-progress", default=None),
+        config_option("verbose", "--verbose", "-v", is_flag=True, default=False, show_default=False),
         config_option("report", "--report/--no-report"),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      help="JSON or YAML file of run settings (the long option names as keys, '_' for '-'); "
@@ -185,26 +220,6 @@ gate_options = _lazy(_gate_options)
 bootstrap_options = _lazy(_bootstrap_options)
 
 
-def load_config_file(path: str | None) -> dict[str, Any]:
-    """The settings of a JSON or YAML config file (a mapping of flat keys and/or sections)."""
-    if not path:
-        return {}
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError as err:
-            raise ConfigError(f"{path} is YAML but PyYAML is not installed: pip install pyyaml, or use "
-                              "JSON.") from err
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of run settings (e.g. {{\"input\": ..., \"output\": "
-                          "...}).")
-    return data
-
-
 def explicit_params(ctx: click.Context) -> set[str]:
     """Names of the parameters the user gave (not click defaults)."""
     from click.core import ParameterSource
@@ -213,18 +228,57 @@ def explicit_params(ctx: click.Context) -> set[str]:
                                                                                   None)}
 
 
-def build_config(command: str, params: dict[str, Any], explicit: set[str],
-                 defaults: dict[str, Any] | None = None) -> RunConfig:
-    """Merge RunConfig's defaults < `defaults` (the built-in run) < config file < command-line options."""
-    merged: dict[str, Any] = {"command": command, **(defaults or {})}
-    merged.update(load_config_file(params.get("config_file")))
-    for key in RunConfig.keys():
-        if key in explicit and params.get(key) is not None:
-            merged[key] = params[key]
-    overrides = {key: params[key] for key in MODEL_OVERRIDES if params.get(key) is not None}
-    if overrides:
-        merged["model_config"] = {**merged.get("model_config", {}), **overrides}
-    if any(params.get(k) for k in ("s3_endpoint", "s3_region", "s3_anonymous")) or "s3" not in merged:
-        merged["s3"] = S3Options(params.get("s3_endpoint"), params.get("s3_region"),
-                                 bool(params.get("s3_anonymous")))
-    return RunConfig.from_dict(merged)
+# -- help per command -------------------------------------------------------------------------------------
+
+ESSENTIALS = ("input", "layout", "model", "checkpoint", "output")
+"""The options a first run needs, shown first in every run command's help."""
+GROUP_TITLES = {"data": "Data", "model": "Model", "processing": "Processing", "backend": "Backend",
+                "execution": "Execution", "output": "Output", "tracking": "Scheduling"}
+"""The help section of each configuration section (`pipeline.config.SECTIONS`), in this order."""
+_OTHER_GROUPS = {**dict.fromkeys(MODEL_OVERRIDES, "model"),
+                 **dict.fromkeys(("s3_endpoint", "s3_region", "s3_anonymous"), "data")}
+
+
+def option_group(name: str | None) -> str:
+    """The help section of the parameter `name`: its configuration field's section, else "Other"."""
+    where = RunConfig.keys().get(name or "")
+    section = where.section if where is not None else _OTHER_GROUPS.get(name or "")
+    return GROUP_TITLES[section] if section else "Other"
+
+
+def applies_to(name: str | None, command: str) -> bool:
+    """Whether the parameter `name` does something for `command` (its field's `commands` mark)."""
+    where = RunConfig.keys().get(name or "")
+    commands = where.field.metadata.get("commands") if where is not None else None
+    return commands is None or command in commands
+
+
+class RunCommand(click.Command):
+    """A command built on the run options: only those that apply to `run_command`, that command's defaults
+    (`pipeline.config.COMMAND_DEFAULTS`), and help in sections, the essentials first."""
+
+    def __init__(self, *args: Any, run_command: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_command = run_command
+        self.params = [p for p in self.params if applies_to(p.name, run_command)]
+        for param in self.params:
+            if param.name in COMMAND_DEFAULTS.get(run_command, {}):
+                param.default = COMMAND_DEFAULTS[run_command][param.name]
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {
+            "Essential": [], **{title: [] for title in GROUP_TITLES.values()}, "Other": []}
+        essentials: dict[str, tuple[str, str]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.name in ESSENTIALS:
+                essentials[param.name] = record
+            else:
+                sections[option_group(param.name)].append(record)
+        sections["Essential"] = [essentials[name] for name in ESSENTIALS if name in essentials]
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(f"{title} options"):
+                    formatter.write_dl(rows)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline.cli.options import (
+    BadOptions,
+    RunCommand,
     bootstrap_options,
     build_config,
     data_options,
@@ -23,7 +25,8 @@ from pipeline.cli.options import (
     processing_options,
 )
 from pipeline.cli.summary import print_summary, print_warnings
-from pipeline.config import RunConfig
+from pipeline.config import COMMAND_DEFAULTS, RunConfig
+from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.progress import Progress
@@ -36,6 +39,8 @@ class RunHooks:
 
     # e.g. LineProgress: progress lines for a job log, whatever the terminal says
     progress: Callable[[], Progress] | None = None
+    # e.g. the jobs' refusal of an output that dies with the job: raise click.UsageError to refuse
+    check_config: Callable[[RunConfig], None] | None = None
 
 
 def run_options(func):
@@ -48,34 +53,25 @@ def run_options(func):
 
 def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """With no --input, the built-in default (synthetic shapes + the packaged checkpoint)."""
-    from pipeline.cli.options import load_config_file
-    from pipeline.defaults import (
-        DEFAULT_OUTPUT,
-        DEFAULT_RUN,
-        default_checkpoint,
-        default_dataset,
-        explicit_arguments,
-    )
+    from pipeline.api import builtin_defaults
+    from pipeline.defaults import DEFAULT_OUTPUT, explicit_arguments
 
-    if params.get("input") or load_config_file(params.get("config_file")).get("input"):
-        return {}
-    if "checkpoint" in explicit or "layout" in explicit:
-        raise click.UsageError("--checkpoint/--layout were given without --input: pass --input DATASET too.")
-    click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial UNet), "
-               "which is:\n  unet-pipeline score " + shlex.join(explicit_arguments(params.get("output") or
-                                                                     DEFAULT_OUTPUT)), err=True)
-    return {**DEFAULT_RUN, "input": default_dataset(), "checkpoint": default_checkpoint(),
-            "output": params.get("output") or DEFAULT_OUTPUT}
+    try:
+        defaults = builtin_defaults(params, explicit)
+    except ConfigError as err:
+        raise BadOptions(str(err)) from None
+    if defaults:
+        command = shlex.join(explicit_arguments(params.get("output") or DEFAULT_OUTPUT))
+        click.echo("No --input: running the built-in default (synthetic shapes, packaged small milesial "
+                   f"UNet), which is:\n  unet-pipeline score {command}", err=True)
+    return defaults
 
 
 def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run the pipeline; a tracked run (--run-id / --history) goes through the run history and its gate."""
-    from pipeline.history import run_tracked
-    from pipeline.run import run
+    from pipeline import api
 
-    if config.tracking.run_id or config.tracking.history:
-        return run_tracked(config, lambda tracked: run(tracked, progress))
-    return run(config, progress)
+    return api.execute(config, progress)
 
 
 def _execute(config: RunConfig, as_json: bool) -> None:
@@ -83,6 +79,8 @@ def _execute(config: RunConfig, as_json: bool) -> None:
     from pipeline.progress import progress_for
 
     hooks = click.get_current_context().find_object(RunHooks) or RunHooks()
+    if hooks.check_config is not None:
+        hooks.check_config(config)
     enabled = config.execution.progress
     progress = hooks.progress() if hooks.progress and enabled is not False else progress_for(enabled)
     try:
@@ -101,7 +99,15 @@ def _show(metrics: dict[str, Any], output: str, as_json: bool) -> None:
         print_summary(metrics, output)
 
 
-@click.command()
+def _config(command: str, params: dict[str, Any], explicit: set[str], defaults: dict[str, Any]) -> RunConfig:
+    """The run's configuration; options that do not make a valid one are a usage error (exit status 2)."""
+    try:
+        return build_config(command, params, explicit, defaults)
+    except ConfigError as err:
+        raise BadOptions(str(err)) from None
+
+
+@click.command(cls=RunCommand, run_command="score")
 @run_options
 @gate_options
 @bootstrap_options
@@ -121,11 +127,11 @@ def score(ctx: click.Context, as_json: bool, **params: Any) -> None:
           -o s3://results/carvana --scale 0.5 --format both
     """
     explicit = explicit_params(ctx)
-    config = build_config("score", params, explicit, default_run_settings(params, explicit))
+    config = _config("score", params, explicit, default_run_settings(params, explicit))
     _execute(config, as_json)
 
 
-@click.command()
+@click.command(cls=RunCommand, run_command="predict")
 @run_options
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of a summary.")
 @click.pass_context
@@ -138,5 +144,5 @@ def predict(ctx: click.Context, as_json: bool, **params: Any) -> None:
       unet-pipeline predict -c unet_membrane.hdf5 -i s3://em/test -l folder -o s3://em/pred --format both
     """
     explicit = explicit_params(ctx)
-    config = build_config("predict", params, explicit, {"layout": "folder"})
+    config = _config("predict", params, explicit, COMMAND_DEFAULTS["predict"])
     _execute(config, as_json)

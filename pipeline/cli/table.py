@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
+from pipeline.api import read_mapping
 from pipeline.backends.variants import parse_variants
-from pipeline.cli.options import load_config_file
 from pipeline.quantize import CALIBRATION_METHODS
 from pipeline.sizes import parse_sizes
 from pipeline.table import BUILTIN_SHAPES, DEFAULT_VARIANTS, ModelEntry, TableSpec
@@ -84,7 +84,7 @@ def table(models: tuple[str, ...], checkpoints: tuple[str, ...], input_uri: str 
     """
     from pipeline.table import run_table, to_markdown, write_table
 
-    data = load_config_file(spec_file)
+    data = read_mapping(spec_file) if spec_file else {}
     unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
         raise click.UsageError(f"Unknown keys {unknown} in {spec_file}; valid keys: {', '.join(SPEC_KEYS)}.")

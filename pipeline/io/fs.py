@@ -9,6 +9,7 @@ errors or run records. The endpoint and region come from `S3Options`, else from 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -60,12 +61,13 @@ class S3Options:
     region: str | None = None
     anonymous: bool = False
     max_attempts: int = 10  # botocore "standard" retries: throttling, 5xx, connection errors, with back-off
+    connect_timeout: float = 5.0  # seconds per connection attempt (botocore's default, 60 s, hides a typo)
 
     def resolved(self) -> S3Options:
         endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
                     or os.environ.get("AWS_ENDPOINT_URL"))
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        return S3Options(endpoint or None, region or None, self.anonymous, self.max_attempts)
+        return dataclasses.replace(self, endpoint_url=endpoint or None, region=region or None)
 
 
 def _current_umask() -> int:
@@ -195,7 +197,8 @@ class S3Storage:
             anon=options.anonymous,
             endpoint_url=options.endpoint_url,
             client_kwargs=client_kwargs,
-            config_kwargs={"retries": {"max_attempts": options.max_attempts, "mode": "standard"}},
+            config_kwargs={"retries": {"max_attempts": options.max_attempts, "mode": "standard"},
+                           "connect_timeout": options.connect_timeout},
             use_listings_cache=False,
         )
 
@@ -312,6 +315,71 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     except PermissionError as err:
         raise InputError(f"{uri} cannot be read (permission denied): check its permissions or "
                          "credentials.") from err
+
+
+PREFLIGHT_ATTEMPTS = 2
+"""Attempts of the one request that checks a location before a run: an unreachable endpoint is reported in
+seconds, not after the run's full retry budget (`S3Options.max_attempts` with back-off, over a minute)."""
+
+
+def check_location(uri: str, option: str, s3: S3Options | None = None, must_exist: bool = True) -> None:
+    """Before a run, refuse a location that cannot work, in one line naming `option`, the URI and the fix:
+    a missing local path; an unreachable S3 endpoint, a missing bucket, access denied, nothing under the
+    prefix. `must_exist=False` (an output): only the bucket must be there and readable."""
+    if not is_s3(uri):
+        if must_exist and not os.path.exists(uri):
+            raise ConfigError(f"{option} {uri} does not exist: check the path.")
+        return
+    options = dataclasses.replace((s3 or S3Options()).resolved(), max_attempts=PREFLIGHT_ATTEMPTS)
+    storage = _s3_storage(options)
+    try:
+        found = storage.is_dir(uri) or (must_exist and storage.exists(uri))
+    except Exception as err:  # botocore/s3fs errors, whatever their type: one line
+        message = s3_error_message(err, uri, option, options)
+        if message is None:
+            first = (str(err).splitlines() or [""])[0][:300]
+            message = (f"{option} {uri}: the S3 endpoint {_endpoint_name(options)} answered "
+                       f"{type(err).__name__}: {first}. Check --s3-endpoint / AWS_ENDPOINT_URL and the "
+                       "bucket.")
+        raise ConfigError(message) from None
+    if must_exist and not found:
+        raise ConfigError(f"{option} {uri}: nothing there (no object, no key under that prefix) at "
+                          f"{_endpoint_name(options)}: check the prefix.")
+
+
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+                "ConnectionRefusedError"}
+
+
+def _endpoint_name(options: S3Options) -> str:
+    return options.endpoint_url or "AWS S3 (no AWS_ENDPOINT_URL set)"
+
+
+def s3_error_message(err: BaseException, uri: str, option: str, options: S3Options) -> str | None:
+    """One line for an S3 failure that the user must fix (endpoint, bucket, credentials), else None."""
+    bucket = uri[len(S3_SCHEME):].split("/", 1)[0]
+    endpoint = _endpoint_name(options)
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    names = {type(e).__name__ for e in chain} | {
+        str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) for e in chain}
+    text = " ".join(str(e) for e in chain)
+    if names & _UNREACHABLE:
+        return (f"{option} {uri}: cannot reach the S3 endpoint {endpoint}. Check --s3-endpoint or "
+                "AWS_ENDPOINT_URL (and that the server runs).")
+    if names & {"NoSuchBucket"} or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return (f"{option} {uri}: bucket {bucket!r} does not exist at {endpoint}. Check the bucket name, or "
+                "--s3-endpoint / AWS_ENDPOINT_URL if it is on another server.")
+    if "NoCredentialsError" in names:
+        return (f"{option} {uri}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE), or pass --s3-anonymous for a public bucket.")
+    if names & {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "PermissionError"}:
+        return (f"{option} {uri}: access denied by {endpoint}. Check the credentials (AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), or pass --s3-anonymous for a public bucket.")
+    return None
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:

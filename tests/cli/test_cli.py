@@ -78,7 +78,7 @@ def test_unknown_model_is_a_one_line_error_with_a_suggestion(tmp_path, tiny_chec
     result = _unet_pipeline("score", "-m", "milesal", "-c", tiny_checkpoint, "-i", str(tmp_path / "data"),
                             "-o",
                             str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad option: the name is checked while the options are parsed
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
     assert "milesial" in lines[0] and "Traceback" not in result.stderr
