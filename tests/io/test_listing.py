@@ -3,6 +3,8 @@ and the first shards are scored while later ones are still being listed."""
 
 from __future__ import annotations
 
+import time
+
 import boto3
 import factories
 import pytest
@@ -13,11 +15,21 @@ from pipeline.io import fs
 from pipeline.io.manifest import Listing
 
 
-def _bucket_with_pairs(s3_server: str, bucket: str, count: int) -> str:
+@pytest.fixture(scope="module")
+def pairs_1200(s3_server) -> str:
+    """s3://.../data with 1,200 image/mask pairs (more than a listing page), uploaded once for the module."""
+    from concurrent.futures import ThreadPoolExecutor
+
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    for i in range(count):
+    bucket = f"listing-{time.time_ns()}"
+    client.create_bucket(Bucket=bucket)
+
+    def put(i: int) -> None:
         client.put_object(Bucket=bucket, Key=f"data/images/{i:05d}.png", Body=b"image")
         client.put_object(Bucket=bucket, Key=f"data/masks/{i:05d}.png", Body=b"label")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(1200)))
     return f"s3://{bucket}/data"
 
 
@@ -34,8 +46,8 @@ class _CountingCalls:
         return await self._call(method, *args, **kwargs)
 
 
-def test_a_folder_check_is_one_request_however_many_keys(s3_server, s3_bucket):
-    uri = _bucket_with_pairs(s3_server, s3_bucket, 1200)
+def test_a_folder_check_is_one_request_however_many_keys(pairs_1200):
+    uri = pairs_1200
     storage = fs.storage_for(uri, fs.S3Options().resolved())
     spy = _CountingCalls(storage)
     assert storage.is_dir(f"{uri}/images") and not storage.is_dir(f"{uri}/nothing-here")
@@ -43,8 +55,8 @@ def test_a_folder_check_is_one_request_however_many_keys(s3_server, s3_bucket):
     assert all(kwargs["MaxKeys"] == 1 for _, kwargs in spy.calls)
 
 
-def test_a_limit_stops_the_listing_after_n_inputs(s3_server, s3_bucket, tmp_path):
-    uri = _bucket_with_pairs(s3_server, s3_bucket, 1200)
+def test_a_limit_stops_the_listing_after_n_inputs(pairs_1200, tmp_path):
+    uri = pairs_1200
     s3 = fs.S3Options().resolved()
     spy = _CountingCalls(fs.storage_for(uri, s3))
     shards = Listing(LAYOUTS.get("pairs"), uri, DataConfig(layout="pairs"), str(tmp_path / "out"), 8, s3,
