@@ -43,6 +43,9 @@ from pipeline.streaming import CommitTimes, ObjectStoreSampler
 __all__ = ["INFERENCE_TASK_RETRIES", "check_no_overlap", "run"]
 
 LISTING_GRACE_SECONDS = 0.5  # a listing done by then is small: the pool is sized to its read tasks
+# Preprocessed blocks Ray Data may hold ahead of the actors (each also holds IN_FLIGHT_PER_ACTOR blocks):
+# a few VOC-size batches, a few hundred small images.
+RUN_AHEAD_BYTES_PER_ACTOR = 16 * 2**20
 logger = logging.getLogger(__name__)
 
 
@@ -160,13 +163,16 @@ def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int
 
 
 def _limit_ray_data(plan: ActorPlan) -> None:
-    """Ray Data plans its read/preprocess tasks within the CPUs the inference actors leave."""
+    """Ray Data plans its read/preprocess tasks within the CPUs the inference actors leave, and reads ahead of
+    the actors by at most RUN_AHEAD_BYTES_PER_ACTOR per actor: without a cap it fills the object store with
+    preprocessed blocks as fast as it reads, and the store's use grows with the dataset."""
     import ray
     from ray.data import DataContext, ExecutionResources
 
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     left = max(cpus - plan.actors * plan.cpus_per_actor, 0.5)
-    DataContext.get_current().execution_options.resource_limits = ExecutionResources(cpu=left)
+    DataContext.get_current().execution_options.resource_limits = ExecutionResources(
+        cpu=left, object_store_memory=plan.actors * RUN_AHEAD_BYTES_PER_ACTOR)
 
 
 def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int]], plan: ActorPlan,

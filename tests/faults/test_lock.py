@@ -95,6 +95,7 @@ def test_a_second_run_into_the_same_output_is_refused(tmp_path_factory, tmp_path
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # two CLIs, each starting a Ray of its own: ~30 s on 2 cores
 def test_two_runs_into_different_outputs_both_finish(tmp_path_factory, tmp_path, ray_session):
     reference = clean_reference(tmp_path_factory)
     commands = [[str(Path(sys.executable).parent / "unet-pipeline"), "score", "-m", "milesial", "-c",
