@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline import resume
+from pipeline import cpu_features, resume
 from pipeline.actor_plan import ActorPlan, plan_actors
 from pipeline.backends import BACKENDS
 from pipeline.config import RunConfig
@@ -99,7 +99,8 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
     previous = committed_parts(output, s3) if execution.resume else []
     done = resume.done_rows(previous, output)
     plan = _plan(prepared, listing, done)
-    spec = prepared_backend_spec(prepared, listing.shards(), threads=plan.threads)
+    cpu = cpu_features.on_actor_nodes()
+    spec = prepared_backend_spec(prepared, listing.shards(), threads=plan.threads, cpu=cpu)
     pool = pool_for(spec, prepared.processing, s3, plan)
     _limit_ray_data(plan)
     times = CommitTimes(started)
@@ -128,8 +129,11 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
     ended = time.time()
     timings = {"listing_seconds": listing.seconds, "listing_done_seconds": listing.finished_at - started,
                "pipeline_seconds": time.perf_counter() - pipeline_started, "wall_seconds": ended - started}
+    choice = {"cpu": cpu.to_json()}
+    if "int8_weight_bits" in spec.options:
+        choice["int8_weight_bits"] = spec.options["int8_weight_bits"]
     return _finish(prepared, listing, previous, new_parts, plan, timings,
-                   times.summary(ended, sampler.peak))
+                   times.summary(ended, sampler.peak), choice)
 
 
 def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int]]) -> ActorPlan:
@@ -218,7 +222,8 @@ def _cause(err: BaseException) -> str:
 
 
 def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord], new_parts: list[PartRecord],
-            plan: ActorPlan, timings: dict[str, float], streaming: dict[str, Any]) -> RunResult:
+            plan: ActorPlan, timings: dict[str, float], streaming: dict[str, Any],
+            choice: dict[str, Any]) -> RunResult:
     """Check, write errors.jsonl, metrics.json and the report, then apply --max-errors."""
     config, s3 = prepared.config, prepared.s3
     output = config.output.uri
@@ -238,7 +243,9 @@ def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord],
                              else None}
     metrics["backend"] = {"name": config.backend.name, "device": config.backend.device,
                           "precision": config.backend.precision, "actors": plan.actors,
-                          "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size}
+                          "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size,
+                          **{k: v for k, v in choice.items() if k != "cpu"}}
+    metrics["cpu"] = choice["cpu"]
     metrics["listing"] = {"shards": len(shards), "skipped_hidden_files": listing.skipped_hidden}
     metrics["streaming"] = streaming
     errors = sorted((e for part in parts for e in part.errors), key=lambda e: (e.shard, e.row))

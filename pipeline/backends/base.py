@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.config import BackendConfig, RunConfig
+    from pipeline.cpu_features import CpuFeatures
     from pipeline.io.fs import S3Options
 
 ToNetworkInput = Callable[[np.ndarray], np.ndarray]
@@ -90,6 +91,8 @@ class PrepareContext:
         sample_images: calibration images from the dataset being scored.
         cache_dir: local folder for exported / calibrated model files, keyed by the caller's settings.
         s3: S3 options for checkpoints on S3.
+        cpu: the CPU features of the nodes the actors run on (None: this machine's), which decide int8 weight
+            bits and whether bf16 is native.
     """
 
     settings: BackendConfig
@@ -97,6 +100,7 @@ class PrepareContext:
     sample_images: SampleImages
     cache_dir: str
     s3: S3Options | None = None
+    cpu: CpuFeatures | None = None
 
 
 def _unchanged(spec: BackendSpec, context: PrepareContext) -> BackendSpec:

@@ -77,6 +77,7 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
     timings = metrics["timings"]
     click.echo(f"{metrics['num_images']} images, {metrics['num_errors']} errors, "
                f"{timings['wall_seconds']:.1f} s ({timings['images_per_second']} images/s in the pipeline)")
+    _print_backend(metrics)
     click.echo(f"outputs: {output}")
     gate = metrics.get("gate")
     if gate:
@@ -85,6 +86,19 @@ def print_summary(metrics: dict[str, Any], output: str) -> None:
                    f"{gate['baseline_miou']:.4f}, max drop {gate['max_drop']}")
     if metrics["command"] == "score" and metrics.get("config", {}).get("report", True):
         click.echo(f"report: {output.rstrip('/')}/report.html")
+
+
+def _print_backend(metrics: dict[str, Any]) -> None:
+    """The backend that ran (and why, when `auto` chose it) and the CPU features that decided precisions."""
+    from pipeline.cpu_features import CpuFeatures
+
+    backend = metrics.get("backend") or {}
+    if backend.get("name"):
+        why = f" ({backend['auto_reason']})" if backend.get("auto_reason") else ""
+        bits = f", int8 weights {backend['int8_weight_bits']}-bit" if backend.get("int8_weight_bits") else ""
+        click.echo(f"backend {backend['name']} {backend.get('precision', '')}{bits}{why}")
+    if metrics.get("cpu"):
+        click.echo(CpuFeatures.from_json(metrics["cpu"]).describe())
 
 
 def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
