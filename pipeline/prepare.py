@@ -6,6 +6,7 @@ exactly the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,11 @@ def sample_images_from(run: PreparedRun, shards: Iterable[ShardRef]):
         return images
 
     return sample_images
+
+
+def with_backend(run: PreparedRun, name: str) -> PreparedRun:
+    """The run with the backend that `auto` chose: what settings.json (`--resume`) and metrics.json record."""
+    return dataclasses.replace(run, config=run.config.replace(backend=name))
 
 
 def prepare_context(run: PreparedRun, shards: Iterable[ShardRef], cpu: CpuFeatures | None = None,

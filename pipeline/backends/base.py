@@ -103,6 +103,15 @@ class PrepareContext:
     cpu: CpuFeatures | None = None
 
 
+@dataclass(frozen=True)
+class BackendChoice:
+    """What an entry that picks another backend (`auto`) chose: its name, why, and its prepared spec."""
+
+    name: str
+    reason: str
+    spec: BackendSpec
+
+
 def _unchanged(spec: BackendSpec, context: PrepareContext) -> BackendSpec:
     return spec
 
@@ -139,6 +148,9 @@ class BackendEntry:
             `{"resources": {"VACC": 0.5}}`).
         check: called on the driver before anything runs (cluster None: before Ray starts): fail fast when an
             SDK, a device or a cluster resource is missing.
+        choose: for an entry that runs another one (`auto`): picks it, `choose(spec, context) ->
+            BackendChoice`, on the driver once per job, before the run records its settings (so `--resume`
+            compares the backend that really ran).
     """
 
     name: str
@@ -150,6 +162,7 @@ class BackendEntry:
     devices: Callable[[BackendConfig, Mapping[str, float]], int] | None = None
     actor_resources: Callable[[BackendConfig], dict[str, Any]] = _no_resources
     check: Callable[[BackendConfig, Mapping[str, float] | None], None] = _nothing_to_check
+    choose: Callable[[BackendSpec, PrepareContext], BackendChoice] | None = None
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
