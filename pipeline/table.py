@@ -139,7 +139,7 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
                 row["reference"] = row is reference
                 if reference is not None and row["miou"] is not None and reference["miou"] is not None:
                     row["miou_change"] = row["miou"] - reference["miou"]
-                if reference_masks:  # none when the runs wrote PNG files only
+                if reference_masks and row is not reference:  # no masks: the runs wrote PNG files only
                     row["pixels_differing"], row["pixels"] = _differing(_run_masks(row["run"]),
                                                                         reference_masks)
             rows.extend(group)
