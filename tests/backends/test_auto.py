@@ -95,7 +95,9 @@ def test_auto_runs_torch_where_onnx_differs_and_on_cuda(checkpoint, tmp_path, mo
 
 @pytest.mark.integration
 def test_a_run_records_the_choice_and_resume_compares_the_backend_that_ran(ray_session, checkpoint,
-                                                                          tmp_path, monkeypatch):
+                                                                          tmp_path, monkeypatch, capsys):
+    from pipeline.cli.run_commands import print_summary
+    from pipeline.cpu_features import detect
     from pipeline.run import run
 
     items = [(f"img{i}", *factories.make_sample_pair(950 + i, (64, 48))) for i in range(4)]
@@ -112,6 +114,11 @@ def test_a_run_records_the_choice_and_resume_compares_the_backend_that_ran(ray_s
     assert "gives torch's masks" in first["backend"]["auto_reason"]
     assert first["config"]["backend"] == "onnx"  # the backend that ran, as settings.json records it
     assert json.loads((tmp_path / "auto" / "_run" / "settings.json").read_text())["backend"] == "onnx"
+    assert first["cpu"] == detect().to_json()
+    print_summary(first, str(tmp_path / "auto"))
+    printed = capsys.readouterr().out.splitlines()
+    assert f"backend onnx fp32 ({first['backend']['auto_reason']})" in printed
+    assert detect().describe() in printed
     again = run(config("auto", backend="onnx", resume=True)).metrics  # the same backend by name
     assert again["miou"] == first["miou"]
     with pytest.raises(ConfigError, match="backend: 'onnx' -> 'torch'"):
