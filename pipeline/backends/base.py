@@ -30,6 +30,12 @@ SampleImages = Callable[[int], list[np.ndarray]]
 """`sample_images(n)`: up to n network-size uint8 (h, w, c) images from the job's dataset, for calibration."""
 
 
+# Options a preparation adds that say how it went, not what the actors build (an object-store reference to the
+# model bytes, whether the cache was hit, how long it took): two specs differing only in them build the same
+# backend, so a process's actor pool serves both (`pipeline.pool`).
+TRANSIENT_OPTIONS = frozenset({"onnx_model_ref", "onnx_cache_hit", "onnx_build_seconds"})
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """Everything an inference actor needs to build its backend (picklable, no secrets).
@@ -55,6 +61,11 @@ class BackendSpec:
     threads: int | None = None
     batch_size: int = 4
     options: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> BackendSpec:
+        """The spec without its `TRANSIENT_OPTIONS`: equal identities build the same backend."""
+        return dataclasses.replace(self, options={k: v for k, v in self.options.items()
+                                                  if k not in TRANSIENT_OPTIONS})
 
     @classmethod
     def of_run(cls, config: RunConfig, model: str, threads: int | None, **changes: Any) -> BackendSpec:
