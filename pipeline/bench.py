@@ -1,10 +1,13 @@
 """`unet-pipeline bench`: the pipeline against a bare in-process loop, and its memory at 1x and 4x the images.
 
-Three measurements, all in one process run so their ratios compare like with like:
+Three measurements, all in one process run so their ratios compare like with like; every speed is the
+median of `repeats` (default 3) timed repeats, and the report names the CPU and its features
+(`pipeline.cpu_features`):
 
 1. Bare loop: decode, preprocess, forward, post-process (arg-max) one batch at a time in this process, with
    the same backend, batch size and total threads as the pipeline - the way the upstream eval scripts work. It
-   runs before Ray starts, so it has the machine to itself.
+   runs before Ray starts, so it has the machine to itself; so do the `--compare` rows, for the same reason
+   (the pipeline's idle Ray processes cost a loop sharing the cores 20-40%).
 2. Pipeline: the same images through `pipeline.run.run` (read, preprocess tasks, actor pool, score, write
    Parquet). Its images/s counts the whole Ray Data pass (actor start-up and writing included); Ray's own
    start-up is not counted, nor is a first small warm-up pass that starts the worker processes (both are
@@ -20,6 +23,7 @@ relative to the first.
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import threading
 import time
@@ -31,12 +35,15 @@ import numpy as np
 from pipeline.backends import create_backend
 from pipeline.backends.variants import BackendVariant
 from pipeline.config import RunConfig
+from pipeline.errors import ConfigError
 from pipeline.io.images import open_image
 from pipeline.io.manifest import plan_shards
 from pipeline.io.rows import failed
 from pipeline.io.source import read_shard
 from pipeline.metrics import ConfusionAccumulator
 from pipeline.prepare import prepare_run, prepared_backend_spec
+
+REPEATS = 3  # timed repeats per figure; each figure is their median
 
 
 class MemorySampler:
@@ -82,11 +89,14 @@ class MemorySampler:
 
 @dataclass(frozen=True)
 class LoopResult:
+    """A bare loop's result: `seconds` is the median of the repeats' `all_seconds`."""
+
     variant: str
     images: int
     seconds: float
     miou: float | None
     masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    all_seconds: tuple[float, ...] = ()
 
     @property
     def images_per_second(self) -> float:
@@ -100,8 +110,10 @@ def _threads(config: RunConfig) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: int = 2) -> LoopResult:
-    """Decode, preprocess, forward and post-process the run's images in this process; returns images/s."""
+def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: int = 2, repeats: int = 1,
+              ) -> LoopResult:
+    """Decode, preprocess, forward and post-process the run's images in this process, `repeats` times with one
+    backend; returns the median time (masks and mIoU of the first repeat: every repeat computes the same)."""
     run = prepare_run(config)
     config = run.config
     processing = run.processing
@@ -119,11 +131,13 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
     masks: dict[str, np.ndarray] = {}
     max_pixels = config.data.max_pixels
 
+    keep_masks = [True]
+
     def run_batch(batch: list[tuple[dict, Any]], keep: bool) -> None:
         outputs = backend.run(np.stack([prepared.image for _, prepared in batch]))
         for (row, prepared), output in zip(batch, outputs, strict=True):
             mask = processing.finish(output, prepared.meta)
-            if not keep:
+            if not keep or not keep_masks[0]:
                 continue
             masks[row["id"]] = mask
             if run.label_rule is not None:
@@ -133,9 +147,7 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
     def prepare(row: dict) -> tuple[dict, Any]:
         return row, processing.prepare(open_image(row["image"], max_pixels=max_pixels))
 
-    try:
-        for row in rows[:warmup]:
-            run_batch([prepare(row)], keep=False)
+    def timed_pass() -> float:
         started = time.perf_counter()
         batch: list[tuple[dict, Any]] = []
         for row in rows:
@@ -148,11 +160,19 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
             batch.append(item)
         if batch:
             run_batch(batch, keep=True)
-        seconds = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    try:
+        for row in rows[:warmup]:
+            run_batch([prepare(row)], keep=False)
+        times = [timed_pass()]
+        keep_masks[0] = False  # later repeats only time
+        times += [timed_pass() for _ in range(repeats - 1)]
     finally:
         backend.close()
     miou = scores.compute().miou if run.label_rule is not None else None
-    return LoopResult(variant.label, len(masks), seconds, miou, masks)
+    label = variant.label if spec.name == variant.backend else f"{variant.label} ({spec.name})"
+    return LoopResult(label, len(masks), statistics.median(times), miou, masks, tuple(times))
 
 
 def pipeline_pass(config: RunConfig, output: str, sample_memory: bool = False) -> tuple[dict[str, Any], int]:
@@ -170,15 +190,49 @@ def pipeline_pass(config: RunConfig, output: str, sample_memory: bool = False) -
     return result.metrics, sampler.peak_bytes
 
 
+def _ray_running() -> bool:
+    import sys
+
+    return "ray" in sys.modules and bool(sys.modules["ray"].is_initialized())
+
+
+def compare_rows(config: RunConfig, variants: list[BackendVariant], threads: int, repeats: int,
+                 ) -> list[dict[str, Any]]:
+    """Bare-loop rows for `variants`: speed (median of `repeats`), mIoU, pixels differing from the first."""
+    rows = []
+    reference: LoopResult | None = None
+    for variant in variants:
+        result = bare_loop(config, variant, threads, repeats=repeats)
+        reference = reference or result
+        differing = sum(int((result.masks[k] != reference.masks[k]).sum()) for k in reference.masks)
+        pixels = sum(m.size for m in reference.masks.values())
+        rows.append({
+            "variant": result.variant, "images_per_second": round(result.images_per_second, 3),
+            "images_per_second_repeats": [round(result.images / s, 3) for s in result.all_seconds],
+            "speedup_vs_first": round(result.images_per_second / reference.images_per_second, 3),
+            "miou": result.miou,
+            "miou_change_vs_first": None if result.miou is None or reference.miou is None
+            else round(result.miou - reference.miou, 5),
+            "pixels_differing_from_first": differing, "pixels_total": pixels,
+        })
+    return rows
+
+
 def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memory_check: bool = True,
-          ) -> dict[str, Any]:
-    """Run the three measurements and return a JSON-ready report."""
+          repeats: int = REPEATS) -> dict[str, Any]:
+    """Run the three measurements and return a JSON-ready report (keys: README, "Benchmarks")."""
+    from pipeline.cpu_features import detect
     from pipeline.ray_env import ensure_ray
 
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {repeats}.")
     threads = _threads(config)
     first = config.replace(limit=images)
     main_variant = BackendVariant(config.backend.name, config.backend.precision, dict(config.backend.options))
-    loop = bare_loop(first, main_variant, threads)  # before Ray starts: nothing else runs on the machine
+    ray_during_loops = _ray_running()
+    # Bare loops before Ray starts: nothing else runs on the machine.
+    loop = bare_loop(first, main_variant, threads, repeats=repeats)
+    rows = compare_rows(first, compare, threads, repeats) if compare else []
     started = time.perf_counter()
     ensure_ray(config.execution.ray_address, verbose=config.execution.verbose)
     ray_seconds = time.perf_counter() - started
@@ -189,20 +243,27 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
         warm_started = time.perf_counter()
         pipeline_pass(config.replace(limit=min(images, 16)), f"{scratch}/warmup")
         cold_start_seconds = time.perf_counter() - warm_started
-        metrics, _ = pipeline_pass(first, f"{scratch}/timed")
+        passes = [pipeline_pass(first, f"{scratch}/timed-{i}")[0] for i in range(repeats)]
+        speeds = [m["timings"]["images_per_second"] or 0.0 for m in passes]
+        metrics = passes[speeds.index(statistics.median_low(speeds))]
         report: dict[str, Any] = {
             "model": metrics["model"]["name"], "checkpoint": config.model.checkpoint,
             "dataset": config.data.input,
-            "backend": main_variant.label, "batch_size": config.execution.batch_size,
+            "backend": loop.variant, "pipeline_backend": metrics["backend"]["name"],
+            "batch_size": config.execution.batch_size,
             "threads_total": threads,
+            "cpu": detect().to_json(), "repeats": repeats, "ray_running_during_bare_loops": ray_during_loops,
             "pipeline_actors": metrics["backend"]["actors"],
             "pipeline_threads_per_actor": metrics["backend"]["threads_per_actor"],
             "ray_start_seconds": round(ray_seconds, 2),
             "pipeline_warmup_seconds": round(cold_start_seconds, 2),
             "images": loop.images,
             "bare_loop_images_per_second": round(loop.images_per_second, 3),
+            "bare_loop_images_per_second_repeats": [round(loop.images / s, 3) for s in loop.all_seconds],
             "pipeline_images_per_second": metrics["timings"]["images_per_second"],
+            "pipeline_images_per_second_repeats": speeds,
             "pipeline_seconds": metrics["timings"]["pipeline_seconds"],
+            "pipeline_first_commit_seconds": metrics["streaming"].get("first_commit_seconds"),
             "bare_loop_seconds": round(loop.seconds, 3),
         }
         report["ratio_pipeline_to_bare_loop"] = round(
@@ -218,30 +279,19 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
             report["peak_memory_mb_4x"] = round(peak_4x / 2**20, 1)
             report["memory_ratio_4x_to_1x"] = round(peak_4x / peak_1x, 3)
             report["pipeline_images_per_second_4x"] = metrics_4x["timings"]["images_per_second"]
-
-    if compare:
-        rows = []
-        reference: LoopResult | None = None
-        for variant in compare:
-            result = bare_loop(first, variant, threads)
-            reference = reference or result
-            differing = sum(int((result.masks[k] != reference.masks[k]).sum()) for k in reference.masks)
-            pixels = sum(m.size for m in reference.masks.values())
-            rows.append({
-                "variant": variant.label, "images_per_second": round(result.images_per_second, 3),
-                "speedup_vs_first": round(result.images_per_second / reference.images_per_second, 3),
-                "miou": result.miou,
-                "miou_change_vs_first": None if result.miou is None or reference.miou is None
-                else round(result.miou - reference.miou, 5),
-                "pixels_differing_from_first": differing, "pixels_total": pixels,
-            })
+    if rows:
         report["compare"] = rows
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as the lines `bench` prints."""
+    from pipeline.cpu_features import CpuFeatures
+
     lines = [
+        CpuFeatures.from_json(report["cpu"]).describe(),
+        f"every speed: the median of {report['repeats']} repeats; bare loops and --compare rows ran "
+        f"{'while Ray was running' if report['ray_running_during_bare_loops'] else 'before Ray started'}",
         f"model {report['model']} ({report['checkpoint']}), backend {report['backend']}, batch "
         f"{report['batch_size']}, {report['threads_total']} threads in all (pipeline: "
         f"{report['pipeline_actors']} actor(s) x {report['pipeline_threads_per_actor']} thread(s))",

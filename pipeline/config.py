@@ -179,8 +179,9 @@ class ProcessingConfig:
 class BackendConfig:
     """The inference backend and what its once-per-job preparation needs."""
 
-    name: str = setting("torch", result=True, key="backend",
-                        help="Inference backend (torch, onnx, vacc, or package.module:ENTRY).")
+    name: str = setting("auto", result=True, key="backend",
+                        help="Inference backend (auto, torch, onnx, vacc, or package.module:ENTRY); auto: "
+                             "ONNX Runtime on the CPU where it gives torch's masks, else torch.")
     device: str = setting("cpu", result=False, help="torch: cpu or cuda.")
     precision: str = setting("fp32", result=True, help="Numeric precision of the backend.")
     options: dict[str, Any] = setting(result=True, key="backend_options", factory=dict,

@@ -79,7 +79,7 @@ class PoolKey:
 
     @classmethod
     def of(cls, spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> PoolKey:
-        return cls(pickle.dumps(spec), pickle.dumps(processing), s3, plan)
+        return cls(pickle.dumps(spec.identity()), pickle.dumps(processing), s3, plan)
 
 
 class InferencePool:

@@ -6,6 +6,7 @@ exactly the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from pipeline.backends import BACKENDS, BackendSpec, PrepareContext, prepare_backend
 from pipeline.cache import cache_dir
 from pipeline.config import DataConfig, RunConfig
+from pipeline.cpu_features import CpuFeatures
 from pipeline.datasets import LAYOUTS, LabelRule, Layout
 from pipeline.errors import ConfigError
 from pipeline.io import fs
@@ -104,14 +106,24 @@ def sample_images_from(run: PreparedRun, shards: Iterable[ShardRef]):
     return sample_images
 
 
+def with_backend(run: PreparedRun, name: str) -> PreparedRun:
+    """The run with the backend that `auto` chose: what settings.json (`--resume`) and metrics.json record."""
+    return dataclasses.replace(run, config=run.config.replace(backend=name))
+
+
+def prepare_context(run: PreparedRun, shards: Iterable[ShardRef], cpu: CpuFeatures | None = None,
+                    ) -> PrepareContext:
+    """What the backend's once-per-job preparation may use: calibration images from `shards`, the cache, and
+    the CPU features of the nodes the actors run on (None: this machine's)."""
+    return PrepareContext(settings=run.config.backend, to_network_input=run.processing.to_network_input,
+                          sample_images=sample_images_from(run, shards),
+                          cache_dir=str(cache_dir() / "backends"), s3=run.s3, cpu=cpu)
+
+
 def prepared_backend_spec(run: PreparedRun, shards: Iterable[ShardRef], *, threads: int,
-                          **overrides: Any) -> BackendSpec:
+                          cpu: CpuFeatures | None = None, **overrides: Any) -> BackendSpec:
     """The spec the inference actors build from, after the backend's once-per-job preparation on the driver
     (export, int8 calibration on the run's own images, VACC file checks). `overrides` change spec fields
     (`name`, `precision`, `options`: bench compares several backends)."""
     spec = BackendSpec.of_run(run.config, run.loaded.family.name, threads, **overrides)
-    context = PrepareContext(settings=run.config.backend, to_network_input=run.processing.to_network_input,
-                             sample_images=sample_images_from(run, shards),
-                             cache_dir=str(cache_dir() / "backends"),
-                             s3=run.s3)
-    return prepare_backend(spec, context)
+    return prepare_backend(spec, prepare_context(run, shards, cpu))

@@ -15,6 +15,7 @@ actors), `stages` (per-batch work), `io.parts` (writing), `results`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,9 +24,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline import resume
+from pipeline import cpu_features, resume
 from pipeline.actor_plan import ActorPlan, plan_actors
-from pipeline.backends import BACKENDS
+from pipeline.backends import BACKENDS, BackendChoice, BackendSpec
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import fs
@@ -35,7 +36,7 @@ from pipeline.io.manifest import Listing, ShardRef
 from pipeline.io.outputs import ERRORS, metrics_name
 from pipeline.io.parts import PartSettings
 from pipeline.pool import INFERENCE_TASK_RETRIES, pool_for, release_unless_kept
-from pipeline.prepare import PreparedRun, prepare_run, prepared_backend_spec
+from pipeline.prepare import PreparedRun, prepare_context, prepare_run, prepared_backend_spec, with_backend
 from pipeline.progress import Progress
 from pipeline.results import RunFailed, RunResult, check_error_limit, run_metrics
 from pipeline.streaming import CommitTimes, ObjectStoreSampler
@@ -108,11 +109,20 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
         resume.clear_outputs(output, s3)
     listing = Listing(prepared.layout, config.data.input, prepared.data, output, execution.shard_size, s3,
                       reuse=execution.resume, expect_labels=config.scoring, limit=config.data.limit).start()
+    cpu = cpu_features.on_actor_nodes()
+    requested = config.backend.name
+    choice = _choose_backend(prepared, listing, cpu)
+    if choice is not None:  # `auto`: the backend it picked is what the run records and --resume compares
+        prepared = with_backend(prepared, choice.name)
+        config = prepared.config
     resume.check_resume_settings(config, prepared.loaded.checkpoint.sha256, s3)
     previous = committed_parts(output, s3) if execution.resume else []
     done = resume.done_rows(previous, output)
     plan = _plan(prepared, listing, done)
-    spec = prepared_backend_spec(prepared, listing.shards(), threads=plan.threads)
+    if choice is not None:
+        spec = dataclasses.replace(choice.spec, threads=plan.threads)
+    else:
+        spec = prepared_backend_spec(prepared, listing.shards(), threads=plan.threads, cpu=cpu)
     pool = pool_for(spec, prepared.processing, s3, plan)
     _limit_ray_data(plan)
     times = CommitTimes(started)
@@ -141,8 +151,24 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
     ended = time.time()
     timings = {"listing_seconds": listing.seconds, "listing_done_seconds": listing.finished_at - started,
                "pipeline_seconds": time.perf_counter() - pipeline_started, "wall_seconds": ended - started}
+    recorded: dict[str, Any] = {"cpu": cpu.to_json()}
+    if choice is not None:
+        recorded.update(requested=requested, auto_reason=choice.reason)
+    if "int8_weight_bits" in spec.options:
+        recorded["int8_weight_bits"] = spec.options["int8_weight_bits"]
     return _finish(prepared, listing, previous, new_parts, plan, timings,
-                   times.summary(ended, sampler.peak))
+                   times.summary(ended, sampler.peak), recorded)
+
+
+def _choose_backend(prepared: PreparedRun, listing: Listing, cpu: cpu_features.CpuFeatures,
+                    ) -> BackendChoice | None:
+    """For an entry that picks another backend (`auto`), its pick (a probe on the listed images, once per
+    job)."""
+    entry = BACKENDS.get(prepared.config.backend.name)
+    if entry.choose is None:
+        return None
+    spec = BackendSpec.of_run(prepared.config, prepared.loaded.family.name, None)
+    return entry.choose(spec, prepare_context(prepared, listing.shards(), cpu))
 
 
 def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int]]) -> ActorPlan:
@@ -234,7 +260,8 @@ def _cause(err: BaseException) -> str:
 
 
 def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord], new_parts: list[PartRecord],
-            plan: ActorPlan, timings: dict[str, float], streaming: dict[str, Any]) -> RunResult:
+            plan: ActorPlan, timings: dict[str, float], streaming: dict[str, Any],
+            choice: dict[str, Any]) -> RunResult:
     """Check, write errors.jsonl, metrics.json and the report, then apply --max-errors."""
     config, s3 = prepared.config, prepared.s3
     output = config.output.uri
@@ -255,7 +282,9 @@ def _finish(prepared: PreparedRun, listing: Listing, previous: list[PartRecord],
                              "input_size": list(size) if size else None}
     metrics["backend"] = {"name": config.backend.name, "device": config.backend.device,
                           "precision": config.backend.precision, "actors": plan.actors,
-                          "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size}
+                          "threads_per_actor": plan.threads, "batch_size": config.execution.batch_size,
+                          **{k: v for k, v in choice.items() if k != "cpu"}}
+    metrics["cpu"] = choice["cpu"]
     metrics["listing"] = {"shards": len(shards), "skipped_hidden_files": listing.skipped_hidden}
     metrics["streaming"] = streaming
     if config.scoring:

@@ -33,7 +33,7 @@ BUILTIN_SHAPES = ((128, 128),)  # the built-in images are 96-160 px: score them 
 BINARY_CLASS_NAMES = ("background", "shape")
 COLUMNS = ("model", "backbone", "source", "gflops", "params", "miou", "dataset", "shape", "backend",
            "precision",
-           "calibration", "images_per_second", "miou_change")
+           "calibration", "images_per_second", "miou_change", "pixels_differing")
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,41 @@ def run_table(spec: TableSpec) -> list[dict[str, Any]]:
                                              dataset_settings,
                                              figures, (channels, height, width), variant, calibration))
             reference = next((row for row in group if row["precision"] == "fp32"), None)
+            reference_masks = _run_masks(reference["run"]) if reference is not None else {}
             for row in group:
                 row["reference"] = row is reference
                 if reference is not None and row["miou"] is not None and reference["miou"] is not None:
                     row["miou_change"] = row["miou"] - reference["miou"]
+                if reference_masks and row is not reference:  # no masks: the runs wrote PNG files only
+                    row["pixels_differing"], row["pixels"] = _differing(_run_masks(row["run"]),
+                                                                        reference_masks)
             rows.extend(group)
     return rows
+
+
+def _run_masks(output: str) -> dict[str, Any]:
+    """id -> (H, W) class mask of a run's Parquet mask shards."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.report.worst import mask_files, read_columns
+
+    masks: dict[str, Any] = {}
+    for uri in mask_files(output):
+        table = read_columns(uri, ("id", "mask_png"))
+        for item_id, png in zip(table.column("id").to_pylist(), table.column("mask_png").to_pylist(),
+                                strict=True):
+            masks[item_id] = np.asarray(Image.open(io.BytesIO(png)))
+    return masks
+
+
+def _differing(masks: dict[str, Any], reference: dict[str, Any]) -> tuple[int, int]:
+    """(pixels whose class differs from the reference row's, pixels compared) over the images both hold."""
+    common = sorted(masks.keys() & reference.keys())
+    return (sum(int((masks[k] != reference[k]).sum()) for k in common),
+            sum(int(reference[k].size) for k in common))
 
 
 def _score_cell(spec: TableSpec, index: int, model: str, entry: ModelEntry, settings: dict[str, Any],
@@ -170,6 +199,7 @@ def _score_cell(spec: TableSpec, index: int, model: str, entry: ModelEntry, sett
         "miou": metrics["miou"], "dataset": _dataset_label(dataset), "shape": f"{channels}x{height}x{width}",
         "backend": variant.backend, "precision": variant.precision, "calibration": calibration,
         "images_per_second": metrics["timings"]["images_per_second"], "miou_change": None,
+        "pixels_differing": None, "pixels": None,
         "checkpoint": entry.checkpoint, "num_images": metrics["num_images"],
         "num_errors": metrics["num_errors"],
         "run": config.output.uri,
@@ -183,17 +213,25 @@ def _percent(value: float | None, signed: bool = False) -> str:
     return f"{shown:+.2f}" if signed else f"{shown:.2f}"
 
 
+def _pixels(row: dict[str, Any]) -> str:
+    if row.get("reference") or row.get("pixels_differing") is None:
+        return "-"
+    share = row["pixels_differing"] / row["pixels"] if row.get("pixels") else 0.0
+    return f"{row['pixels_differing']} ({100 * share:.3f}%)"
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The table as Markdown: mIoU in %, its change in percentage points vs the fp32 row ("-" on that row)."""
     header = ("| model | backbone | source | FLOPs (G) | params (M) | mIoU (%) | dataset | shape | backend | "
-              "precision | images/s | ΔmIoU vs fp32 (pp) |")
-    lines = [header, "|" + "---|" * 12]
+              "precision | images/s | ΔmIoU vs fp32 (pp) | pixels differing from fp32 |")
+    lines = [header, "|" + "---|" * 13]
     for r in rows:
         speed = "n/a" if r["images_per_second"] is None else f"{r['images_per_second']:.2f}"
         lines.append(f"| {r['model']} | {r['backbone']} | {r['source']} | {r['gflops']:.3f} | "
                      f"{r['params'] / 1e6:.3f} | {_percent(r['miou'])} | {r['dataset']} | {r['shape']} | "
                      f"{r['backend']} | {precision_label(r['precision'], r.get('calibration'))} | {speed} | "
-                     f"{'-' if r['reference'] else _percent(r['miou_change'], signed=True)} |")
+                     f"{'-' if r['reference'] else _percent(r['miou_change'], signed=True)} | "
+                     f"{_pixels(r)} |")
     return "\n".join(lines) + "\n"
 
 

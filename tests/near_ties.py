@@ -35,7 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-LOGIT_NOISE = 2e-5
+# the rule `--backend auto`'s probe uses too, owned by the pipeline
+from pipeline.metrics.ties import LOGIT_NOISE as LOGIT_NOISE
+from pipeline.metrics.ties import score_margin as score_margin
+
 PROBABILITY_NOISE = 1e-5
 MAX_NEAR_TIES = 5  # per image ("a handful"): 0 seen here, 2 on an AVX-512/AMX CPU, <= 5 with +-3e-6 noise
 MAX_TOGGLED_BYTES = 12  # pinned path: at most 2**12 byte combinations tried per flipped pixel
@@ -112,21 +115,6 @@ def compare_masks(got: np.ndarray, expected: np.ndarray, margin: np.ndarray, *, 
         within_noise=int((margin <= tolerance).sum()),
         near_ties=tuple(f for f in flips if f.margin <= tolerance),
         mismatches=tuple(f for f in flips if f.margin > tolerance))
-
-
-def score_margin(scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """(C, H, W) scores -> (H, W) decision margin, in the scores' units.
-
-    C > 1: the gap between the largest and the second-largest channel (the arg-max's margin). C == 1: the
-    distance to `threshold` (a logit threshold for sigmoid(logit) > t is log(t / (1 - t))).
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape[0] == 1:
-        if threshold is None:
-            raise ValueError("a single-channel decision needs its threshold")
-        return np.abs(scores[0] - threshold)
-    ordered = np.sort(scores, axis=0)
-    return ordered[-1] - ordered[-2]
 
 
 # ------------------------------------------------------------------ milesial a013c80: 8-bit probabilities,

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.backends import onnx_backend, torch_backend, vacc_entry
+from pipeline.backends import auto, onnx_backend, torch_backend, vacc_entry
 from pipeline.backends.base import (
     Backend,
+    BackendChoice,
     BackendEntry,
     BackendSpec,
     PrepareContext,
@@ -61,6 +62,7 @@ def external_backend(name: str) -> BackendEntry:
 
 
 BACKENDS = BackendRegistry("backend")
+BACKENDS.register("auto", auto.ENTRY)
 BACKENDS.register("torch", torch_backend.ENTRY)
 BACKENDS.register("onnx", onnx_backend.ENTRY)
 BACKENDS.register("vacc", vacc_entry.ENTRY)
@@ -79,6 +81,6 @@ def create_backend(spec: BackendSpec, to_network_input: ToNetworkInput,
     return BACKENDS.get(spec.name).create(spec, to_network_input, s3)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendEntry", "BackendSpec", "PrepareContext", "SampleImages",
-           "ToNetworkInput",
+__all__ = ["BACKENDS", "Backend", "BackendChoice", "BackendEntry", "BackendSpec", "PrepareContext",
+           "SampleImages", "ToNetworkInput",
            "create_backend", "external_backend", "prepare_backend"]

@@ -22,11 +22,18 @@ from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.config import BackendConfig, RunConfig
+    from pipeline.cpu_features import CpuFeatures
     from pipeline.io.fs import S3Options
 
 ToNetworkInput = Callable[[np.ndarray], np.ndarray]
 SampleImages = Callable[[int], list[np.ndarray]]
 """`sample_images(n)`: up to n network-size uint8 (h, w, c) images from the job's dataset, for calibration."""
+
+
+# Options a preparation adds that say how it went, not what the actors build (an object-store reference to the
+# model bytes, whether the cache was hit, how long it took): two specs differing only in them build the same
+# backend, so a process's actor pool serves both (`pipeline.pool`).
+TRANSIENT_OPTIONS = frozenset({"onnx_model_ref", "onnx_cache_hit", "onnx_build_seconds"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,11 @@ class BackendSpec:
     threads: int | None = None
     batch_size: int = 4
     options: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> BackendSpec:
+        """The spec without its `TRANSIENT_OPTIONS`: equal identities build the same backend."""
+        return dataclasses.replace(self, options={k: v for k, v in self.options.items()
+                                                  if k not in TRANSIENT_OPTIONS})
 
     @classmethod
     def of_run(cls, config: RunConfig, model: str, threads: int | None, **changes: Any) -> BackendSpec:
@@ -90,6 +102,8 @@ class PrepareContext:
         sample_images: calibration images from the dataset being scored.
         cache_dir: local folder for exported / calibrated model files, keyed by the caller's settings.
         s3: S3 options for checkpoints on S3.
+        cpu: the CPU features of the nodes the actors run on (None: this machine's), which decide int8 weight
+            bits and whether bf16 is native.
     """
 
     settings: BackendConfig
@@ -97,6 +111,16 @@ class PrepareContext:
     sample_images: SampleImages
     cache_dir: str
     s3: S3Options | None = None
+    cpu: CpuFeatures | None = None
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What an entry that picks another backend (`auto`) chose: its name, why, and its prepared spec."""
+
+    name: str
+    reason: str
+    spec: BackendSpec
 
 
 def _unchanged(spec: BackendSpec, context: PrepareContext) -> BackendSpec:
@@ -135,6 +159,9 @@ class BackendEntry:
             `{"resources": {"VACC": 0.5}}`).
         check: called on the driver before anything runs (cluster None: before Ray starts): fail fast when an
             SDK, a device or a cluster resource is missing.
+        choose: for an entry that runs another one (`auto`): picks it, `choose(spec, context) ->
+            BackendChoice`, on the driver once per job, before the run records its settings (so `--resume`
+            compares the backend that really ran).
     """
 
     name: str
@@ -146,6 +173,7 @@ class BackendEntry:
     devices: Callable[[BackendConfig, Mapping[str, float]], int] | None = None
     actor_resources: Callable[[BackendConfig], dict[str, Any]] = _no_resources
     check: Callable[[BackendConfig, Mapping[str, float] | None], None] = _nothing_to_check
+    choose: Callable[[BackendSpec, PrepareContext], BackendChoice] | None = None
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import cpu_features
 from pipeline.backends.base import BackendSpec
 from pipeline.errors import ConfigError
 from pipeline.io import fs
@@ -60,8 +61,8 @@ def _inputs_digest(inputs: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def model_settings(loaded, precision: str, calibration: str | None, inputs: list[np.ndarray]) -> dict[str,
-                                                                                                      Any]:
+def model_settings(loaded, precision: str, calibration: str | None, inputs: list[np.ndarray],
+                   reduce_range: bool = True) -> dict[str, Any]:
     """Everything the model bytes depend on (the cache key, also written next to the file)."""
     from pipeline.export.onnx import OPSET
     from pipeline.quantize import calibration as calib
@@ -77,13 +78,13 @@ def model_settings(loaded, precision: str, calibration: str | None, inputs: list
             "method": calibration, "images": len(inputs), "inputs_sha256": _inputs_digest(inputs),
             "bins": calib.BINS, "percentile": thresholds.DEFAULT_PERCENTILE,
             "start_bin": thresholds.START_BIN,
-            "per_channel": int8.PER_CHANNEL, "reduce_range": int8.REDUCE_RANGE,
+            "per_channel": int8.PER_CHANNEL, "reduce_range": reduce_range,
         }
     return settings
 
 
 def derive_model(fp32: bytes, precision: str, calibration: str | None, inputs: list[np.ndarray],
-                 threads: int) -> tuple[bytes, dict[str, Any]]:
+                 threads: int, reduce_range: bool = True) -> tuple[bytes, dict[str, Any]]:
     """(ONNX bytes, a summary for the sidecar file) of the fp32 export at `precision` (fp16 or int8)."""
     import onnx
 
@@ -99,7 +100,7 @@ def derive_model(fp32: bytes, precision: str, calibration: str | None, inputs: l
     ranges = calib.activation_ranges(stats, calibration or methods.DEFAULT)
     summary = {"ranges": {name: [float(low), float(high)] for name, (low, high) in ranges.items()},
                "observed": {name: [s.minimum, s.maximum] for name, s in stats.items()}}
-    return quantize_int8(model, ranges).SerializeToString(), summary
+    return quantize_int8(model, ranges, reduce_range).SerializeToString(), summary
 
 
 def cached_model(folder: Path, settings: dict[str, Any], build) -> tuple[Path, bytes, bool]:
@@ -131,8 +132,9 @@ def _share(data: bytes) -> Any:
 def prepare_onnx(spec: BackendSpec, context) -> BackendSpec:
     """Build (or reuse) the job's ONNX model; return the spec with `options` naming it (see module docstring).
 
-    Options added: onnx_path, onnx_sha256, onnx_cache_hit, onnx_build_seconds, and onnx_model_ref (a Ray
-    ObjectRef of the bytes) when Ray is running.
+    Options added: onnx_path, onnx_sha256, onnx_cache_hit, onnx_build_seconds, int8_weight_bits (int8: 8 on
+    CPUs with VNNI/AMX, else 7, from `context.cpu`), and onnx_model_ref (a Ray ObjectRef of the bytes) when
+    Ray is running.
 
     Raises:
         ConfigError: bad settings, or int8 with no usable calibration image in the dataset.
@@ -157,6 +159,8 @@ def prepare_onnx(spec: BackendSpec, context) -> BackendSpec:
         inputs = [context.to_network_input(image[None]) for image in images]
     folder = Path(context.cache_dir) / CACHE_FOLDER
     threads = os.cpu_count() or 1
+    cpu = context.cpu or cpu_features.detect()  # the actor nodes' features (the run gathers them)
+    reduce_range = not cpu.int8_full_range
     # The fp32 export is cached on its own, so fp16 and int8 (and later jobs) derive from it without
     # re-exporting.
     fp32_settings = model_settings(loaded, "fp32", None, [])
@@ -168,12 +172,13 @@ def prepare_onnx(spec: BackendSpec, context) -> BackendSpec:
         path, data, hit = cached_model(folder, fp32_settings, exported)
     else:
         path, data, hit = cached_model(
-            folder, model_settings(loaded, spec.precision, calibration, inputs),
+            folder, model_settings(loaded, spec.precision, calibration, inputs, reduce_range),
             lambda: derive_model(cached_model(folder, fp32_settings, exported)[1], spec.precision,
-                                 calibration,
-                                 inputs, threads))
+                                 calibration, inputs, threads, reduce_range))
     options = {**spec.options, "onnx_path": str(path), "onnx_sha256": hashlib.sha256(data).hexdigest(),
                "onnx_cache_hit": hit, "onnx_build_seconds": round(time.perf_counter() - started, 3)}
+    if spec.precision == "int8":
+        options["int8_weight_bits"] = 7 if reduce_range else 8
     ref = _share(data)
     if ref is not None:
         options["onnx_model_ref"] = ref

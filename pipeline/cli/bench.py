@@ -27,6 +27,8 @@ from pipeline.cli.options import (
               help="Images per measurement (the memory check also runs 4x as many).")
 @click.option("--compare", help="Extra bare-loop rows, comma separated: backend:precision[:key=value], "
                                 "e.g. torch:fp32:channels_last=0,torch:fp32,onnx:fp32,onnx:int8.")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              help="Timed repeats per figure; each images/s is their median.")
 @click.option("--memory-check/--no-memory-check", default=True, show_default=True,
               help="Also run 4x the images and compare peak memory.")
 @click.option("--scale-test",
@@ -35,8 +37,8 @@ from pipeline.cli.options import (
                                    "with the growth ratios.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bool, scale_test: str | None,
-          as_json: bool, **params: Any) -> None:
+def bench(ctx: click.Context, images: int, compare: str | None, repeats: int, memory_check: bool,
+          scale_test: str | None, as_json: bool, **params: Any) -> None:
     """Measure the pipeline against a bare in-process loop (decode, preprocess, forward, arg-max).
 
     With no --input: the built-in synthetic dataset (4x --images are generated once and cached) and
@@ -70,5 +72,5 @@ def bench(ctx: click.Context, images: int, compare: str | None, memory_check: bo
         click.echo(json.dumps(report, indent=2) if as_json else format_scale(report))
         return
     variants = list(parse_variants(compare)) if compare else []
-    report = run_bench(config, images=images, compare=variants, memory_check=memory_check)
+    report = run_bench(config, images=images, compare=variants, memory_check=memory_check, repeats=repeats)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

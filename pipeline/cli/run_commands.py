@@ -67,6 +67,7 @@ def default_run_settings(params: dict[str, Any], explicit: set[str]) -> dict[str
     return defaults
 
 
+
 def execute(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run the pipeline; a tracked run (--run-id / --history) goes through the run history and its gate."""
     from pipeline import api

@@ -26,9 +26,22 @@ def setup_lines(metrics: dict[str, Any]) -> list[str]:
               if key != "name" and value is not None]
     size = processing.get("input_size")
     params = [f"input size {size[0]}x{size[1]}" if p.startswith("input size") and size else p for p in params]
+    lines.append(f"processing {processing.get('name')}" + (f" ({', '.join(params)})" if params else ""))
+    return lines + backend_lines(metrics)
+
+
+def backend_lines(metrics: dict[str, Any]) -> list[str]:
+    """The backend that ran (and why, when `auto` chose it) and the CPU features that decided precisions."""
+    from pipeline.cpu_features import CpuFeatures
+
+    lines = []
     backend = metrics.get("backend") or {}
-    lines.append(f"processing {processing.get('name')}" + (f" ({', '.join(params)})" if params else "")
-                 + (f"   backend {backend.get('name')} {backend.get('precision')}" if backend else ""))
+    if backend.get("name"):
+        why = f" ({backend['auto_reason']})" if backend.get("auto_reason") else ""
+        bits = f", int8 weights {backend['int8_weight_bits']}-bit" if backend.get("int8_weight_bits") else ""
+        lines.append(f"backend {backend['name']} {backend.get('precision', '')}{bits}{why}")
+    if metrics.get("cpu"):
+        lines.append(CpuFeatures.from_json(metrics["cpu"]).describe())
     return lines
 
 

@@ -5,9 +5,10 @@ quantizable op, int8 weights per output channel, uint8 activations (asymmetric: 
 tensor's range), int32 biases. The activation ranges are this package's (`calibration.activation_ranges`),
 handed over through quantize_static's calibration cache, so onnxruntime's own calibrators never run.
 
-`reduce_range=True` stores weights in 7 bits: onnxruntime's int8 kernels on x86 CPUs without VNNI (this
-project's machines) can saturate 16-bit intermediate sums otherwise, which measured 10-17x the error of an
-exact simulation (shared/reference/cpu-inference.md); the cost is one bit of weight resolution.
+`reduce_range=True` stores weights in 7 bits: onnxruntime's int8 kernels on x86 CPUs without VNNI or AMX can
+saturate 16-bit intermediate sums otherwise, which measured 10-17x the error of an exact simulation
+(shared/reference/cpu-inference.md); the cost is one bit of weight resolution. With VNNI or AMX the sums are
+32-bit and full 8-bit weights are exact: the caller decides from the CPU (`pipeline.cpu_features`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from pipeline.errors import BackendUnavailable
 
 PER_CHANNEL = True
-REDUCE_RANGE = True
+REDUCE_RANGE = True  # the default where the CPU's features are unknown
 
 
 class _DropPreprocessAdvice(logging.Filter):
@@ -46,8 +47,9 @@ def _quiet_advice() -> Iterator[None]:
         root.removeFilter(advice)
 
 
-def quantize_int8(model, ranges: dict[str, tuple[float, float]]):
-    """The QDQ int8 version of `model` (an fp32 ModelProto), using `ranges` for the activations.
+def quantize_int8(model, ranges: dict[str, tuple[float, float]], reduce_range: bool = REDUCE_RANGE):
+    """The QDQ int8 version of `model` (an fp32 ModelProto), using `ranges` for the activations; weights in 7
+    bits with `reduce_range` (CPUs without VNNI/AMX), else 8.
 
     Raises:
         BackendUnavailable: an onnxruntime too old to take precomputed ranges.
@@ -80,7 +82,7 @@ def quantize_int8(model, ranges: dict[str, tuple[float, float]]):
         save_tensors_data(data, cache)
         with _quiet_advice():
             quantize_static(model, output, None, quant_format=QuantFormat.QDQ, per_channel=PER_CHANNEL,
-                            reduce_range=REDUCE_RANGE, activation_type=QuantType.QUInt8,
+                            reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                             calibration_cache_path=cache)
         return onnx.load(str(output))

@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 from reference_weights import write_deterministic_checkpoint
 
+from pipeline import cpu_features
 from pipeline.backends import BackendSpec, PrepareContext, create_backend, prepare_backend
 from pipeline.config import BackendConfig, RunConfig
+from pipeline.cpu_features import CpuFeatures
 from pipeline.errors import ConfigError
 from pipeline.export.onnx import export_onnx
 from pipeline.models import MODELS, LoadedModel, create_model, load_model
@@ -133,12 +135,36 @@ def test_int8_is_per_channel_qdq_with_7_bit_weights_and_methods_differ(checkpoin
     assert agreement > 0.95
 
 
-def _context(tmp_path: Path, images: list[np.ndarray], method: str = "entropy") -> PrepareContext:
+def _context(tmp_path: Path, images: list[np.ndarray], method: str = "entropy",
+             cpu: CpuFeatures | None = None) -> PrepareContext:
     from pipeline.processing.base import to_network_input
 
     return PrepareContext(settings=BackendConfig(calibration=method, calibration_images=4),
                           to_network_input=to_network_input, sample_images=lambda n: images[:n],
-                          cache_dir=str(tmp_path / "cache"))
+                          cache_dir=str(tmp_path / "cache"), cpu=cpu)
+
+
+def _weight_magnitude(model) -> int:
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return max(int(np.abs(inits[n.input[0]].astype(np.int32)).max()) for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8)
+
+
+def test_int8_weight_bits_follow_the_actor_nodes_cpu(checkpoints, tmp_path):
+    """VNNI/AMX: full 8-bit weights; without: 7-bit (reduce_range). Recorded in the spec and the cache key."""
+    images = [np.asarray(im.resize((64, 48))) for _, im, _ in factories.samples(3, first=710)]
+    spec = BackendSpec(name="onnx", model="milesial", checkpoint=checkpoints["milesial"], precision="int8")
+    vnni = CpuFeatures.from_flags(["avx2", "avx512f", "avx512_vnni"], "VNNI CPU")
+    plain = CpuFeatures.from_flags(["avx2"], "AVX2 CPU")
+    full = prepare_backend(spec, _context(tmp_path, images, cpu=vnni))
+    reduced = prepare_backend(spec, _context(tmp_path, images, cpu=plain))
+    assert full.options["int8_weight_bits"] == 8 and reduced.options["int8_weight_bits"] == 7
+    assert full.options["onnx_path"] != reduced.options["onnx_path"]  # two cache entries
+    assert _weight_magnitude(onnx.load(full.options["onnx_path"])) == 127
+    assert _weight_magnitude(onnx.load(reduced.options["onnx_path"])) <= 64
+    sidecar = json.loads(Path(full.options["onnx_path"]).with_suffix(".json").read_text())
+    assert sidecar["settings"]["calibration"]["reduce_range"] is False
 
 
 def test_backend_through_prepare_and_create(checkpoints, tmp_path):
@@ -245,6 +271,10 @@ def test_pipeline_onnx_masks_equal_torch_and_int8_is_close(ray_session, dataset,
     second = _run(dataset, tmp_path / "int8-b", checkpoint, backend="onnx", precision="int8", concurrency=2,
                   shard_size=3, calibration_images=4)
     assert len(calls) == 1 and cached[0].stat().st_mtime_ns == stamp  # the second job reused the cache
+    cpu = cpu_features.detect()  # the actors run here: the run records this machine's features and choice
+    assert first.metrics["cpu"]["features"] == sorted(cpu.features)
+    assert first.metrics["backend"]["int8_weight_bits"] == (8 if cpu.int8_full_range else 7)
+    assert sidecar["settings"]["calibration"]["reduce_range"] is (not cpu.int8_full_range)
     assert second.metrics["miou"] == first.metrics["miou"]
     int8_masks = _masks(tmp_path / "int8-a")
     agreement = sum(int((int8_masks[k] == m).sum()) for k, m in torch_masks.items()) / pixels

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 from reference_weights import write_deterministic_checkpoint
 
+from pipeline import cpu_features
 from pipeline.backends.variants import parse_variants
 from pipeline.cli import cli
 from pipeline.models.figures import model_figures
@@ -52,6 +53,10 @@ def _check_rows(rows: list[dict], model: str, config: dict, shape: tuple[int, in
         assert metrics["backend"]["precision"] == row["precision"]
         if row["calibration"]:
             assert metrics["config"]["calibration"] == row["calibration"]
+        if row is fp32:
+            assert row["pixels_differing"] is None
+        else:  # masks compared with the fp32 row's, image by image
+            assert row["pixels"] == shape[1] * shape[2] * 4 and 0 <= row["pixels_differing"] <= row["pixels"]
         assert row["reference"] == (row is fp32)
         assert row["miou_change"] == pytest.approx(row["miou"] - fp32["miou"], abs=1e-12)
         print(f"{model:18s} {row['backend']}:{row['precision']}  mIoU {row['miou']:.4f}  "
@@ -69,7 +74,8 @@ def test_table_writes_fp32_fp16_int8_rows(ray_session, tmp_path, monkeypatch):
     lines = markdown.strip().splitlines()
     assert lines[0].startswith("| model | backbone | source | FLOPs (G) | params (M) | mIoU (%) | dataset | "
                                "shape |")
-    assert len(lines) == 2 + 4 and "| torch | fp32 |" in lines[2] and lines[2].endswith("| - |")
+    assert len(lines) == 2 + 4 and "| torch | fp32 |" in lines[2] and lines[2].endswith("| - | - |")
+    assert lines[3].endswith("%) |")  # fp16: pixels differing from fp32, and their share
     assert ("| onnx | int8 (kl_pytorch_quantization) |" in lines[4]
             and "milesial/Pytorch-UNet@a013c80" in lines[4])
     assert "| onnx | int8 (kl_tensorrt) |" in lines[5]
@@ -124,3 +130,21 @@ def test_variant_and_shape_parsing():
         parse_variants("torch:int8")
     with pytest.raises(ConfigError, match="key=value"):
         parse_variants("torch:fp32:channels_last")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_features.detect().bf16,
+                    reason="this CPU has neither avx512_bf16 nor amx_bf16 (pipeline.cpu_features): torch "
+                           "bf16 is refused here")
+def test_table_shows_bf16_accuracy_beside_fp32(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNET_PIPELINE_CACHE", str(tmp_path / "cache"))
+    checkpoint = write_deterministic_checkpoint(tmp_path / "m.pth", "milesial", num_classes=4, in_channels=3,
+                                                base_channels=8, bilinear=False)
+    data, markdown = _table(tmp_path, {
+        "input": _dataset(tmp_path / "data"), "variants": ["torch:fp32", "torch:bf16"], "shapes": [64],
+        "models": [{"model": "milesial", "checkpoint": checkpoint}]})
+    fp32, bf16 = data["rows"]
+    assert (bf16["backend"], bf16["precision"]) == ("torch", "bf16")
+    assert bf16["miou_change"] == pytest.approx(bf16["miou"] - fp32["miou"], abs=1e-12)
+    assert bf16["pixels"] == 4 * 64 * 64 and bf16["pixels_differing"] < bf16["pixels"] // 20
+    assert "| torch | bf16 |" in markdown.splitlines()[3]

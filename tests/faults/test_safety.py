@@ -53,7 +53,7 @@ class CodeInPickle:
 
 @pytest.mark.parametrize("kind", ["torch-zip", "raw-pickle"])
 def test_a_checkpoint_with_code_is_refused_and_never_runs(ray_session, tmp_path, kind):
-    # ray_session: a run starts Ray while it loads the checkpoint; this test must not be the one that starts it
+    # ray_session: a run starts Ray while it loads the checkpoint; this test must not be what starts it
     marker = tmp_path / "marker"
     checkpoint = tmp_path / "model.pth"
     payload = {"inc.double_conv.0.weight": torch.zeros(8, 3, 3, 3), "extra": CodeInPickle(marker)}
