@@ -168,7 +168,7 @@ def on_actor_nodes() -> CpuFeatures:
 
     here = ray.get_runtime_context().get_node_id()
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-    task = ray.remote(_detect_remote).options(num_cpus=0)
+    task = ray.remote(num_cpus=0)(_detect_remote)
     remote = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
               for node in nodes if node != here]
     found = [detect()] if here in nodes or not nodes else []
