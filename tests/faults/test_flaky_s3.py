@@ -45,6 +45,7 @@ def test_retried_s3_faults_change_nothing(tmp_path_factory, ray_session, s3_serv
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~10 s: an outage outlasting the retries, then a resume
 def test_an_outage_longer_than_the_retries_is_retried_by_resume(tmp_path_factory, ray_session, s3_server):
     reference = clean_reference(tmp_path_factory)
     data = _bucket_with_data("outage", reference, s3_server)

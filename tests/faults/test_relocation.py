@@ -57,7 +57,8 @@ def _resume_and_check(reference, resume_at: str, real: Path, kept: dict[str, byt
         assert (real / name).stat().st_mtime_ns == stamp, f"committed file {name} was rewritten or deleted"
 
 
-@pytest.mark.parametrize("how", ["symlink", "copy", "move"])
+@pytest.mark.parametrize("how", ["symlink", pytest.param("copy", marks=pytest.mark.slow),
+                                 pytest.param("move", marks=pytest.mark.slow)])  # ~6 s each
 def test_an_interrupted_run_resumes_wherever_its_folder_is(tmp_path_factory, tmp_path, ray_session, how):
     reference = clean_reference(tmp_path_factory)
     first = tmp_path / "runs" / "real"

@@ -156,6 +156,7 @@ def test_a_run_refuses_an_output_that_overlaps_its_input(tmp_path, relation, whe
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~15 s: a run from S3 with every output and log scanned
 def test_credentials_never_reach_outputs_or_logs(tmp_path, ray_session, s3_server):
     """A real `unet-pipeline score`, S3 in and out, bad inputs mixed in, then a run that fails on a missing
     checkpoint. The driver holds one secret key and session token, the session's Ray workers another (tests/
