@@ -24,6 +24,7 @@ stops and says to `--resume`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -49,23 +50,48 @@ OnParts = Callable[[list[PartRecord]], None]
 
 
 class InferenceActor:
-    """What each pool actor runs (wrapped by `ray.remote` in `InferencePool`)."""
+    """What each pool actor runs (wrapped by `ray.remote` in `InferencePool`).
+
+    The backend is built by the first call (`ready`, or the first `process` of an actor Ray restarted), from
+    the spec and the object refs the calls carry (`split_refs`): an actor's constructor arguments hold no
+    object ref, so a restart never depends on one (Ray warns about, and may fail, restarting an actor whose
+    constructor arguments live in the object store).
+    """
 
     def __init__(self, spec: BackendSpec, processing: Any, s3: S3Options | None) -> None:
-        from pipeline.stages import Predictor
+        self._spec, self._processing, self._s3 = spec, processing, s3
+        self._predictor: Any = None
 
-        self._predictor = Predictor(spec, processing, s3)
+    def _built(self, refs: dict[str, Any]) -> Any:
+        if self._predictor is None:
+            from pipeline.stages import Predictor
 
-    def ready(self) -> int:
+            spec = dataclasses.replace(self._spec, options={**self._spec.options, **refs})
+            self._predictor = Predictor(spec, self._processing, self._s3)
+        return self._predictor
+
+    def ready(self, refs: dict[str, Any]) -> int:
         """The actor's process id, once its backend is built."""
+        self._built(refs)
         return os.getpid()
 
-    def process(self, block: Any, settings: PartSettings) -> list[PartRecord]:
+    def process(self, block: Any, settings: PartSettings, refs: dict[str, Any]) -> list[PartRecord]:
         """Predict one preprocessed block, write and commit its parts, return their records."""
         from ray.data.block import BlockAccessor
 
         batch = BlockAccessor.for_block(block).to_batch_format("numpy")
-        return write_parts(settings, self._predictor(batch))
+        return write_parts(settings, self._built(refs)(batch))
+
+
+def split_refs(spec: BackendSpec) -> tuple[BackendSpec, dict[str, Any]]:
+    """The spec without its object-ref options (e.g. the ONNX model's bytes), and those options."""
+    import ray
+
+    refs = {key: value for key, value in spec.options.items() if isinstance(value, ray.ObjectRef)}
+    if not refs:
+        return spec, {}
+    options = {key: value for key, value in spec.options.items() if key not in refs}
+    return dataclasses.replace(spec, options=options), refs
 
 
 @dataclass(frozen=True)
@@ -93,8 +119,9 @@ class InferencePool:
         self.job_id = ray.get_runtime_context().get_job_id()  # a pool serves the Ray session that made it
         remote = ray.remote(InferenceActor).options(
             **plan.ray_resources, max_restarts=-1, max_task_retries=INFERENCE_TASK_RETRIES)
-        self.actors: list[Any] = [remote.remote(spec, processing, s3) for _ in range(plan.actors)]
-        self._not_ready = {actor.ready.remote(): index for index, actor in enumerate(self.actors)}
+        bare_spec, self.refs = split_refs(spec)  # nested in a dict, refs reach the actor as refs
+        self.actors: list[Any] = [remote.remote(bare_spec, processing, s3) for _ in range(plan.actors)]
+        self._not_ready = {actor.ready.remote(self.refs): index for index, actor in enumerate(self.actors)}
         self._ready: set[int] = set()
 
     def __len__(self) -> int:
@@ -142,7 +169,7 @@ class InferencePool:
                 collect(block_until_one=True)
                 self._check_ready(wait=False)
             index = min(self._ready, key=lambda i: (load[i], i))
-            in_flight[self.actors[index].process.remote(block, settings)] = index
+            in_flight[self.actors[index].process.remote(block, settings, self.refs)] = index
             load[index] += 1
             collect(block_until_one=False)
             self._check_ready(wait=False)
