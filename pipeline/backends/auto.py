@@ -40,7 +40,7 @@ def _onnx_missing() -> str | None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as err:
-        return f"onnxruntime is not installed ({err.name}: pip install 'unet-pipeline[onnx]')"
+        return f"onnxruntime is not installed ({err.name}: pip install onnxruntime onnx)"
     return None
 
 

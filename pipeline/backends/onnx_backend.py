@@ -70,8 +70,8 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise BackendUnavailable("--backend onnx needs onnxruntime: pip install 'unet-pipeline[onnx]', "
-                                     "or use --backend torch.") from err
+            raise BackendUnavailable("--backend onnx needs onnxruntime, a dependency of unet-pipeline: "
+                                     "pip install onnxruntime onnx, or use --backend torch.") from err
         if spec.device != "cpu":
             raise ConfigError(f"--backend onnx runs on the CPU, not --device {spec.device}: drop --device, "
                               "or use --backend torch --device cuda.")

@@ -50,8 +50,8 @@ def import_onnx() -> Any:
         import onnx
     except ImportError as err:
         raise BackendUnavailable(
-            "ONNX export needs the onnx package: pip install 'unet-pipeline[onnx]' (onnx and onnxruntime), "
-            "or use --backend torch.") from err
+            "ONNX export needs the onnx package, a dependency of unet-pipeline: pip install onnx "
+            "onnxruntime onnxslim (or reinstall unet-pipeline), or use --backend torch.") from err
     return onnx
 
 
@@ -61,8 +61,8 @@ def import_onnxslim() -> Any:
         import onnxslim
     except ImportError as err:
         raise BackendUnavailable(
-            "The static ONNX export for vamc folds constants with onnxslim: pip install "
-            "'unet-pipeline[onnx]' (or pip install onnxslim).") from err
+            "The static ONNX export for vamc folds constants with onnxslim, a dependency of "
+            "unet-pipeline: pip install onnxslim (or reinstall unet-pipeline).") from err
     return onnxslim
 
 
