@@ -26,6 +26,8 @@ import time
 
 OWNER_ENV = "UNET_PIPELINE_RAY_OWNER"
 GRACE_SECONDS = 3.0
+SWEEP_SECONDS = 20.0  # how long the watchdog keeps sweeping after the driver ended
+QUIET_SECONDS = 2.0  # ... unless no marked process was seen for this long
 _state: dict[str, int] = {}
 
 
@@ -120,9 +122,19 @@ def _watch(owner: str, fd: int) -> None:
         signal.signal(sig, signal.SIG_IGN)  # only the pipe's end ends the watch
     while os.read(fd, 4096):
         pass
-    pids = list(marked_processes(owner))
-    if pids:
-        kill_all(pids)
+    # Sweep until none has been seen for a while: a process Ray was starting when the driver died (an agent
+    # the raylet spawned a moment before) would escape a single scan.
+    deadline, quiet_since, grace = time.monotonic() + SWEEP_SECONDS, None, GRACE_SECONDS
+    while time.monotonic() < deadline:
+        pids = list(marked_processes(owner))
+        if pids:
+            kill_all(pids, grace)
+            quiet_since, grace = None, 0.5  # late ones are orphans: no need to wait for a clean stop
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > QUIET_SECONDS:
+            return
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":
