@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from pipeline.processes import process_start_time
+
 OWNER_ENV = "UNET_PIPELINE_RAY_OWNER"
 GRACE_SECONDS = 3.0
 SWEEP_SECONDS = 20.0  # how long the watchdog keeps sweeping after the driver ended
@@ -31,23 +33,14 @@ QUIET_SECONDS = 2.0  # ... unless no marked process was seen for this long
 _state: dict[str, int] = {}
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
 def owner_of(pid: int) -> str:
     """The marker value naming process `pid` as an owner."""
-    return f"{pid}:{_start_time(pid)}"
+    return f"{pid}:{process_start_time(pid)}"
 
 
 def _owner_alive(owner: str) -> bool:
     pid, _, start = owner.partition(":")
-    return pid.isdigit() and _start_time(int(pid)) == start
+    return pid.isdigit() and process_start_time(int(pid)) == start
 
 
 def marked_processes(owner: str | None = None) -> dict[int, str]:
@@ -71,7 +64,7 @@ def marked_processes(owner: str | None = None) -> dict[int, str]:
         if start < 0 or (start > 0 and env[start - 1:start] != b"\0"):
             continue
         value = env[start + len(key):].split(b"\0", 1)[0].decode(errors="replace")
-        if (owner is None or value == owner) and _start_time(int(name)) is not None:
+        if (owner is None or value == owner) and process_start_time(int(name)) is not None:
             found[int(name)] = value
     return found
 
@@ -86,7 +79,7 @@ def kill_all(pids: list[int], grace: float = GRACE_SECONDS) -> None:
                 pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            pids = [pid for pid in pids if _start_time(pid) is not None]
+            pids = [pid for pid in pids if process_start_time(pid) is not None]
             if not pids:
                 return
             time.sleep(0.1)

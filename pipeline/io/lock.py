@@ -21,20 +21,11 @@ from datetime import UTC, datetime
 from pipeline.errors import ConfigError
 from pipeline.io import fs
 from pipeline.io.outputs import lock_uri
+from pipeline.processes import process_start_time
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS
 SETTLE_SECONDS = 0.2  # between writing the lock and reading it back
-
-
-def process_start_time(pid: int) -> str | None:
-    """The start time of a process (Linux: clock ticks since boot), or None if no such process is alive."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
 
 
 @dataclass(frozen=True)
