@@ -7,14 +7,15 @@ milliseconds of its inference.
 
 The pool is the driver's, not one Ray Data execution's:
 
-* it is created as soon as the backend spec is ready (right after Ray starts, while the driver still lists the
-  input), so model loading overlaps listing;
-* inside `keep_pool()` (`bench`, `table`, a notebook running several passes), later runs with the same spec,
-  processing and plan reuse its actors instead of paying their start-up again; otherwise a run releases its
-  actors when it ends, so that a long-lived process never holds CPUs or devices other drivers need;
+* its actors start as soon as Ray is up (`start_pool`), before the backend spec exists: their processes boot
+  and import torch while the driver exports, probes or calibrates and lists the input; the spec reaches them
+  when it is ready (`pool_for`), and they build the backend then;
+* inside `keep_pool()` (`bench`, `table`, a notebook running several passes), later runs with the same
+  processing and actor resources reuse its actors instead of paying their start-up again (they rebuild the
+  backend only when the spec changes); otherwise a run releases its actors when it ends, so that a
+  long-lived process never holds CPUs or devices other drivers need;
 * the driver deals blocks pull-style: each block goes to the ready actor with the fewest calls in flight (at
-  most
-  `IN_FLIGHT_PER_ACTOR`), so no actor idles while another has work queued.
+  most `IN_FLIGHT_PER_ACTOR`), so no actor idles while another has work queued.
 
 An actor that dies (killed, out of memory, a crashing native library) is restarted by Ray and its call re-run
 up to `INFERENCE_TASK_RETRIES` times, spaced by `pipeline.ray_env.NODE_LOSS_RETRY_ENV`; after that the run
@@ -52,35 +53,51 @@ OnParts = Callable[[list[PartRecord]], None]
 class InferenceActor:
     """What each pool actor runs (wrapped by `ray.remote` in `InferencePool`).
 
-    The backend is built by the first call (`ready`, or the first `process` of an actor Ray restarted), from
-    the spec and the object refs the calls carry (`split_refs`): an actor's constructor arguments hold no
+    The actor starts before the run's backend spec exists: its constructor only imports what inference and
+    post-processing need (torch, ~1.5 s), while the driver is still exporting, probing or calibrating. The
+    backend is built by the first call that carries the spec (`ready`, or the first `process` of an actor Ray
+    restarted) and rebuilt when a call carries a spec that builds another one (`BackendSpec.identity`). The
+    spec's object refs (`split_refs`) travel with the calls too: an actor's constructor arguments hold no
     object ref, so a restart never depends on one (Ray warns about, and may fail, restarting an actor whose
     constructor arguments live in the object store).
     """
 
-    def __init__(self, spec: BackendSpec, processing: Any, s3: S3Options | None) -> None:
-        self._spec, self._processing, self._s3 = spec, processing, s3
+    def __init__(self, processing: Any, s3: S3Options | None) -> None:
+        self._processing, self._s3 = processing, s3
         self._predictor: Any = None
+        self._identity: BackendSpec | None = None
+        import torch  # noqa: F401  (post-processing's, imported by its first call otherwise)
 
-    def _built(self, refs: dict[str, Any]) -> Any:
-        if self._predictor is None:
+        import pipeline.stages  # noqa: F401
+
+    def _built(self, spec: BackendSpec, refs: dict[str, Any]) -> Any:
+        if self._predictor is None or spec.identity() != self._identity:
             from pipeline.stages import Predictor
 
-            spec = dataclasses.replace(self._spec, options={**self._spec.options, **refs})
-            self._predictor = Predictor(spec, self._processing, self._s3)
+            self.close()
+            full = dataclasses.replace(spec, options={**spec.options, **refs})
+            self._predictor = Predictor(full, self._processing, self._s3)
+            self._identity = spec.identity()
         return self._predictor
 
-    def ready(self, refs: dict[str, Any]) -> int:
-        """The actor's process id, once its backend is built."""
-        self._built(refs)
+    def ready(self, spec: BackendSpec, refs: dict[str, Any]) -> int:
+        """The actor's process id, once its backend for `spec` is built."""
+        self._built(spec, refs)
         return os.getpid()
 
-    def process(self, block: Any, settings: PartSettings, refs: dict[str, Any]) -> list[PartRecord]:
+    def process(self, block: Any, settings: PartSettings, spec: BackendSpec, refs: dict[str, Any],
+                ) -> list[PartRecord]:
         """Predict one preprocessed block, write and commit its parts, return their records."""
         from ray.data.block import BlockAccessor
 
         batch = BlockAccessor.for_block(block).to_batch_format("numpy")
-        return write_parts(settings, self._built(refs)(batch))
+        return write_parts(settings, self._built(spec, refs)(batch))
+
+    def close(self) -> None:
+        """Release the backend's device context (a VACC die, ...), if one was built."""
+        if self._predictor is not None:
+            self._predictor.backend.close()
+            self._predictor = None
 
 
 def split_refs(spec: BackendSpec) -> tuple[BackendSpec, dict[str, Any]]:
@@ -96,36 +113,64 @@ def split_refs(spec: BackendSpec) -> tuple[BackendSpec, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class PoolKey:
-    """What decides whether a pool can serve a run: the same backend spec, processing, S3 options and plan."""
+    """What decides whether a pool's actors can serve a run: the same processing, S3 options and Ray resources
+    per actor. The number of actors is adjusted and the backend rebuilt (`InferencePool.configure`) as the run
+    needs."""
 
-    spec: bytes
     processing: bytes
     s3: S3Options | None
-    plan: ActorPlan
+    resources: bytes
 
     @classmethod
-    def of(cls, spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> PoolKey:
-        return cls(pickle.dumps(spec.identity()), pickle.dumps(processing), s3, plan)
+    def of(cls, processing: Any, s3: S3Options | None, plan: ActorPlan) -> PoolKey:
+        return cls(pickle.dumps(processing), s3, pickle.dumps(sorted(plan.ray_resources.items())))
 
 
 class InferencePool:
-    """A fixed set of inference actors and the driver-side dealing of blocks to them."""
+    """A set of inference actors and the driver-side dealing of blocks to them."""
 
-    def __init__(self, spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> None:
+    def __init__(self, processing: Any, s3: S3Options | None, plan: ActorPlan) -> None:
         import ray
 
-        self.key = PoolKey.of(spec, processing, s3, plan)
+        self.key = PoolKey.of(processing, s3, plan)
         self.plan = plan
         self.job_id = ray.get_runtime_context().get_job_id()  # a pool serves the Ray session that made it
-        remote = ray.remote(InferenceActor).options(
+        self._remote = ray.remote(InferenceActor).options(
             **plan.ray_resources, max_restarts=-1, max_task_retries=INFERENCE_TASK_RETRIES)
-        bare_spec, self.refs = split_refs(spec)  # nested in a dict, refs reach the actor as refs
-        self.actors: list[Any] = [remote.remote(bare_spec, processing, s3) for _ in range(plan.actors)]
-        self._not_ready = {actor.ready.remote(self.refs): index for index, actor in enumerate(self.actors)}
+        self._arguments = (processing, s3)
+        self.actors: list[Any] = []
+        self.spec: BackendSpec | None = None  # without its object refs, which are `refs`
+        self.refs: dict[str, Any] = {}
+        self._not_ready: dict[Any, int] = {}
         self._ready: set[int] = set()
+        self.resize(plan)
 
     def __len__(self) -> int:
         return len(self.actors)
+
+    def resize(self, plan: ActorPlan) -> None:
+        """Start or stop actors to have `plan.actors` of them (a pool started for the whole cluster shrinks
+        to what a small input can use)."""
+        while len(self.actors) > plan.actors:
+            index = len(self.actors) - 1
+            _kill(self.actors.pop())
+            self._ready.discard(index)
+            self._not_ready = {ref: i for ref, i in self._not_ready.items() if i != index}
+        while len(self.actors) < plan.actors:
+            self.actors.append(self._remote.remote(*self._arguments))
+            if self.spec is not None:
+                self._not_ready[self.actors[-1].ready.remote(self.spec, self.refs)] = len(self.actors) - 1
+        self.plan = plan
+
+    def configure(self, spec: BackendSpec) -> None:
+        """Have every actor build the backend of `spec` (nothing to do when they already have it)."""
+        bare, refs = split_refs(spec)  # nested in a dict, refs reach the actor as refs
+        same = self.spec is not None and self.spec.identity() == bare.identity()
+        self.spec, self.refs = bare, refs  # this run's refs: the ones alive for a restarted actor
+        if same:
+            return
+        self._ready = set()
+        self._not_ready = {actor.ready.remote(bare, refs): index for index, actor in enumerate(self.actors)}
 
     def _check_ready(self, wait: bool) -> None:
         """Move actors whose backend is built into the ready set; with `wait`, block until one is ready."""
@@ -138,7 +183,7 @@ class InferencePool:
         done, _ = ray.wait(list(self._not_ready), num_returns=len(self._not_ready), timeout=0)
         for ref in done:
             index = self._not_ready.pop(ref)
-            _get(ref)  # raises what the actor's constructor raised (a missing SDK, a bad checkpoint, ...)
+            _get(ref)  # raises what the backend's build raised (a missing SDK, a bad checkpoint, ...)
             self._ready.add(index)
 
     def run(self, blocks: Iterable[Any], settings: PartSettings, on_parts: OnParts | None = None,
@@ -147,6 +192,8 @@ class InferencePool:
         they finished. `on_parts` is called on the driver with each finished call's records."""
         import ray
 
+        if self.spec is None:
+            raise RuntimeError("InferencePool.run before configure(spec): the actors have no backend")
         load = [0] * len(self.actors)
         in_flight: dict[Any, int] = {}
         records: list[PartRecord] = []
@@ -169,7 +216,8 @@ class InferencePool:
                 collect(block_until_one=True)
                 self._check_ready(wait=False)
             index = min(self._ready, key=lambda i: (load[i], i))
-            in_flight[self.actors[index].process.remote(block, settings, self.refs)] = index
+            call = self.actors[index].process.remote(block, settings, self.spec, self.refs)
+            in_flight[call] = index
             load[index] += 1
             collect(block_until_one=False)
             self._check_ready(wait=False)
@@ -178,14 +226,18 @@ class InferencePool:
         return records
 
     def close(self) -> None:
-        import ray
-
         for actor in self.actors:
-            try:
-                ray.kill(actor)
-            except Exception:  # already gone with its Ray session
-                pass
+            _kill(actor)
         self.actors = []
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:  # already gone with its Ray session
+        pass
 
 
 def _get(ref: Any) -> Any:
@@ -229,16 +281,27 @@ def release_unless_kept() -> None:
         close_pool()
 
 
-def pool_for(spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> InferencePool:
-    """The process's pool for these settings: the current one when it fits, else a new one (the old one is
-    shut down first, so that two pools never hold the CPUs or devices at once)."""
+def start_pool(processing: Any, s3: S3Options | None, plan: ActorPlan) -> InferencePool:
+    """The process's pool for actors like these, resized to the plan: the current one when it fits, else a
+    new one (the old one is shut down first, so that two pools never hold the CPUs or devices at once).
+
+    A run calls it as soon as Ray is up, before its backend spec is ready, so the actors' processes start
+    while the driver prepares; `pool_for` then gives them the spec.
+    """
     global _POOL
-    key = PoolKey.of(spec, processing, s3, plan)
-    if _POOL is not None and _POOL.key == key and _alive(_POOL):
+    if _POOL is not None and _POOL.key == PoolKey.of(processing, s3, plan) and _alive(_POOL):
+        _POOL.resize(plan)
         return _POOL
     close_pool()
-    _POOL = InferencePool(spec, processing, s3, plan)
+    _POOL = InferencePool(processing, s3, plan)
     return _POOL
+
+
+def pool_for(spec: BackendSpec, processing: Any, s3: S3Options | None, plan: ActorPlan) -> InferencePool:
+    """The process's pool for these settings, its actors building the backend of `spec`."""
+    pool = start_pool(processing, s3, plan)
+    pool.configure(spec)
+    return pool
 
 
 def close_pool() -> None:

@@ -3,8 +3,9 @@
     list (thread) -> shards -> read + preprocess (Ray Data tasks) -> inference pool (actors: predict, score,
         write and commit each part) -> commit records -> merged scores -> metrics.json
 
-The steps overlap: Ray starts (main thread) while a thread loads the model; the inference actors start (and
-load the model) while the input is still being listed; each wave of listed shards is scored while the next is
+The steps overlap: Ray starts (main thread) while a thread loads the model; the inference actors start as soon
+as Ray is up, while the driver probes or exports the model and lists the input, and build the backend when its
+spec is ready; each wave of listed shards is scored while the next is
 listed; each part is committed by the actor that predicted it, within milliseconds. Inference runs once per
 image, and metrics come only from the commit records (never from re-reading or re-running anything).
 
@@ -35,7 +36,7 @@ from pipeline.io.lock import OutputLock
 from pipeline.io.manifest import Listing, ShardRef
 from pipeline.io.outputs import ERRORS, metrics_name
 from pipeline.io.parts import PartSettings
-from pipeline.pool import INFERENCE_TASK_RETRIES, pool_for, release_unless_kept
+from pipeline.pool import INFERENCE_TASK_RETRIES, pool_for, release_unless_kept, start_pool
 from pipeline.prepare import PreparedRun, prepare_context, prepare_run, prepared_backend_spec, with_backend
 from pipeline.progress import Progress
 from pipeline.results import RunFailed, RunResult, check_error_limit, run_metrics
@@ -79,7 +80,10 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     resume.check_writable(output, s3)
     prepared = _prepare_beside_ray(config)  # the checkpoint is checked before anything is written
     with OutputLock(output, s3):
-        return _run_locked(prepared, progress or Progress(), started)
+        try:
+            return _run_locked(prepared, progress or Progress(), started)
+        finally:
+            release_unless_kept()  # the actors started early, should the run fail before it scores
 
 
 def _check_locations(config: RunConfig, s3: fs.S3Options) -> None:
@@ -109,6 +113,7 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
         resume.clear_outputs(output, s3)
     listing = Listing(prepared.layout, config.data.input, prepared.data, output, execution.shard_size, s3,
                       reuse=execution.resume, expect_labels=config.scoring, limit=config.data.limit).start()
+    _start_actors(prepared)
     cpu = cpu_features.on_actor_nodes()
     requested = config.backend.name
     choice = _choose_backend(prepared, listing, cpu)
@@ -147,7 +152,7 @@ def _run_locked(prepared: PreparedRun, progress: Progress, started: float) -> Ru
             "rest.") from err
     finally:
         progress.close()
-        release_unless_kept()
+        release_unless_kept()  # before the intervals and the report: other drivers may need the CPUs
     ended = time.time()
     timings = {"listing_seconds": listing.seconds, "listing_done_seconds": listing.finished_at - started,
                "pipeline_seconds": time.perf_counter() - pipeline_started, "wall_seconds": ended - started}
@@ -169,6 +174,22 @@ def _choose_backend(prepared: PreparedRun, listing: Listing, cpu: cpu_features.C
         return None
     spec = BackendSpec.of_run(prepared.config, prepared.loaded.family.name, None)
     return entry.choose(spec, prepare_context(prepared, listing.shards(), cpu))
+
+
+def _start_actors(prepared: PreparedRun) -> None:
+    """Start the inference actors of a CPU backend now, one per CPU, so that their processes boot while the
+    driver probes, exports or calibrates and lists: `_plan` later shrinks the pool to what the input can use
+    (a device backend's pool waits for `_plan`, which checks the devices first)."""
+    import ray
+
+    config = prepared.config
+    entry = BACKENDS.get(config.backend.name)
+    if not entry.runs_on_cpu(config.backend):
+        return
+    cluster = ray.cluster_resources()
+    entry.check(config.backend, cluster)
+    plan = plan_actors(config.execution, config.backend, entry, cluster)
+    start_pool(prepared.processing, prepared.s3, plan)
 
 
 def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int]]) -> ActorPlan:

@@ -112,37 +112,47 @@ def _dataset_label(uri: str) -> str:
 
 def run_table(spec: TableSpec) -> list[dict[str, Any]]:
     """Score every model x shape x variant; rows in that order, each with its mIoU change against fp32."""
+    from pipeline.pool import keep_pool
+
+    rows: list[dict[str, Any]] = []
+    with keep_pool():  # the cells of one model and shape share actors; each variant rebuilds the backend
+        for index, entry in enumerate(spec.models):
+            rows.extend(_model_rows(spec, index, entry))
+    return rows
+
+
+def _model_rows(spec: TableSpec, index: int, entry: ModelEntry) -> list[dict[str, Any]]:
+    """The rows of one model: every shape x variant, each with its mIoU change against fp32."""
     from pipeline.models import load_model
     from pipeline.models.figures import model_figures
 
     rows: list[dict[str, Any]] = []
-    for index, entry in enumerate(spec.models):
-        settings = dict(entry.settings)
-        loaded = load_model(entry.model, entry.checkpoint, **settings.get("model_config", {}))
-        family = loaded.family
-        single_output = loaded.num_classes == 1
-        dataset, dataset_settings = _dataset_for(spec, settings, single_output)
-        channels = loaded.in_channels
-        for shape in spec.shapes:
-            height, width = shape or family.default_input_size
-            figures = model_figures(family.name, (channels, height, width), convention="seed",
-                                    **loaded.config)
-            group: list[dict[str, Any]] = []
-            for variant in spec.variants:
-                for calibration in table_calibrations(variant.precision, spec.run.get("calibration")):
-                    group.append(_score_cell(spec, index, family.name, entry, settings, dataset,
-                                             dataset_settings,
-                                             figures, (channels, height, width), variant, calibration))
-            reference = next((row for row in group if row["precision"] == "fp32"), None)
-            reference_masks = _run_masks(reference["run"]) if reference is not None else {}
-            for row in group:
-                row["reference"] = row is reference
-                if reference is not None and row["miou"] is not None and reference["miou"] is not None:
-                    row["miou_change"] = row["miou"] - reference["miou"]
-                if reference_masks and row is not reference:  # no masks: the runs wrote PNG files only
-                    row["pixels_differing"], row["pixels"] = _differing(_run_masks(row["run"]),
-                                                                        reference_masks)
-            rows.extend(group)
+    settings = dict(entry.settings)
+    loaded = load_model(entry.model, entry.checkpoint, **settings.get("model_config", {}))
+    family = loaded.family
+    single_output = loaded.num_classes == 1
+    dataset, dataset_settings = _dataset_for(spec, settings, single_output)
+    channels = loaded.in_channels
+    for shape in spec.shapes:
+        height, width = shape or family.default_input_size
+        figures = model_figures(family.name, (channels, height, width), convention="seed",
+                                **loaded.config)
+        group: list[dict[str, Any]] = []
+        for variant in spec.variants:
+            for calibration in table_calibrations(variant.precision, spec.run.get("calibration")):
+                group.append(_score_cell(spec, index, family.name, entry, settings, dataset,
+                                         dataset_settings,
+                                         figures, (channels, height, width), variant, calibration))
+        reference = next((row for row in group if row["precision"] == "fp32"), None)
+        reference_masks = _run_masks(reference["run"]) if reference is not None else {}
+        for row in group:
+            row["reference"] = row is reference
+            if reference is not None and row["miou"] is not None and reference["miou"] is not None:
+                row["miou_change"] = row["miou"] - reference["miou"]
+            if reference_masks and row is not reference:  # no masks: the runs wrote PNG files only
+                row["pixels_differing"], row["pixels"] = _differing(_run_masks(row["run"]),
+                                                                    reference_masks)
+        rows.extend(group)
     return rows
 
 

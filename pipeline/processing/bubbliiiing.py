@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pipeline.errors import ConfigError, InputError
@@ -105,6 +104,8 @@ class BubbliiiingProcessing(Processing):
             # Upstream: F.softmax(pr.permute(1, 2, 0), dim=-1), then crop. The softmax is per pixel, so
             # cropping first gives the same values with less work; it must run over the last dim of the
             # channels-last view (the channel-dim kernel sums in another order and differs in the last bit).
+            import torch
+
             hwc = tensor.permute(1, 2, 0)[top:top + nh, left:left + nw]
             cropped = torch.softmax(hwc, dim=-1).permute(2, 0, 1).contiguous()
         return ops.argmax_channels(ops.resize_bilinear(cropped, size))

@@ -1,16 +1,25 @@
 """Numeric steps of the post-processing paths, computed the way upstream computes them (torch float32 where it
 uses torch, so results match bit for bit).
+
+torch is imported by the first call, not with the module: the read/preprocess tasks import the processing
+modules but never post-process, and a worker that skips torch's import (~1.5 s) leaves the CPUs to the
+inference actors while they start.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def as_tensor(scores: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A float32 torch view of (C, h, w) scores (no copy for contiguous float32 numpy input)."""
+    import torch
+
     if isinstance(scores, torch.Tensor):
         return scores.float()
     return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
@@ -18,12 +27,16 @@ def as_tensor(scores: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def softmax_channels(scores: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(C, h, w) logits -> (C, h, w) float32 softmax over C (as `F.softmax(logits[None], dim=1)[0]`)."""
+    import torch
+
     return torch.softmax(as_tensor(scores)[None], dim=1)[0]
 
 
 def to_probabilities(scores: np.ndarray | torch.Tensor, output_kind: str) -> torch.Tensor:
     """(C, h, w) network output -> probabilities: softmax (C > 1) or sigmoid (C == 1) of logits, else as is.
     """
+    import torch
+
     tensor = as_tensor(scores)
     if output_kind == "probabilities":
         return tensor
@@ -33,6 +46,8 @@ def to_probabilities(scores: np.ndarray | torch.Tensor, output_kind: str) -> tor
 def resize_bilinear(scores: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(C, h, w) -> (C, H, W) float32: half-pixel-centre bilinear, no antialias (F.interpolate,
     align_corners=False; equals OpenCV's INTER_LINEAR to ~1e-6)."""
+    import torch.nn.functional as F
+
     tensor = as_tensor(scores)
     if tuple(tensor.shape[1:]) == tuple(size):
         return tensor
@@ -46,6 +61,8 @@ def argmax_channels(scores: np.ndarray | torch.Tensor) -> np.ndarray:
     one wins: about twice as fast as `np.argmax(axis=0)` (which copies to channels-last first). NaN scores
     are not supported (they give C - 1 where numpy gives the NaN's index).
     """
+    import torch
+
     array = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     channels = array.shape[0]
     if channels == 1:
@@ -62,6 +79,8 @@ def argmax_channels(scores: np.ndarray | torch.Tensor) -> np.ndarray:
 def above_threshold(probabilities: np.ndarray | torch.Tensor, threshold: float) -> np.ndarray:
     """(H, W) or (1, H, W) float32 probabilities -> (H, W) uint8 0/1 (`p > threshold`, compared in float32
     like torch compares a float32 tensor with a Python float)."""
+    import torch
+
     array = probabilities.numpy() if isinstance(probabilities, torch.Tensor) else np.asarray(probabilities)
     if array.ndim == 3:
         array = array[0]
@@ -74,6 +93,8 @@ def decide(scores: np.ndarray | torch.Tensor, output_kind: str, threshold: float
     C > 1: arg-max (logits and probabilities alike). C == 1: sigmoid(logits) > threshold, or
     probabilities > threshold.
     """
+    import torch
+
     tensor = as_tensor(scores)
     if tensor.shape[0] > 1:
         return argmax_channels(tensor)

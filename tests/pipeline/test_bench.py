@@ -45,6 +45,8 @@ def test_bench_reports_medians_the_cpu_and_when_the_loops_ran(ray_session, monke
                    memory_check=False, repeats=3)
     assert report["cpu"] == cpu_features.detect().to_json()
     assert report["repeats"] == 3 and len(report["pipeline_images_per_second_repeats"]) == 3
+    assert len(report["pipeline_kept_actors_images_per_second_repeats"]) == 3
+    assert report["ratio_kept_actors_to_bare_loop"] > 0
     assert report["pipeline_images_per_second"] == statistics.median_low(
         report["pipeline_images_per_second_repeats"])
     assert len(report["bare_loop_images_per_second_repeats"]) == 3
