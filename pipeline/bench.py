@@ -42,9 +42,10 @@ from pipeline.io.manifest import plan_shards
 from pipeline.io.rows import failed
 from pipeline.io.source import read_shard
 from pipeline.metrics import ConfusionAccumulator
-from pipeline.prepare import prepare_run, prepared_backend_spec
+from pipeline.prepare import PreparedRun, prepare_run, prepared_backend_spec
 
 REPEATS = 3  # timed repeats per figure; each figure is their median
+GEMM_SIZE = 2048  # the matrices of the machine's sgemm figure: large enough for its peak on 2-64 threads
 
 
 class MemorySampler:
@@ -98,10 +99,52 @@ class LoopResult:
     miou: float | None
     masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     all_seconds: tuple[float, ...] = ()
+    gflop_per_image: float | None = None  # the network's forward pass, 2 FLOPs per multiply-accumulate
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def gflops(self) -> float | None:
+        """The forward passes' arithmetic throughput (GFLOP/s), None when the model's FLOPs are unknown."""
+        return None if self.gflop_per_image is None else self.gflop_per_image * self.images_per_second
+
+
+def gemm_gflops(threads: int, size: int = GEMM_SIZE, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-multiply throughput with `threads` threads (torch's sgemm on two
+    `size` x `size` matrices, the median of `repeats`): the ceiling a convolution network's forward pass
+    approaches, against which `bench` sets each backend's GFLOP/s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+        torch.mm(a, b)  # warm-up: thread pool, packing buffers
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def _gflop_per_image(run: PreparedRun, shapes: dict[tuple[int, int, int], int]) -> float | None:
+    """The mean forward-pass GFLOP of the images, from the network input shapes seen (`2mac` convention of
+    `pipeline.models.figures`); None for a model the counter cannot run."""
+    from pipeline.models.figures import model_figures
+
+    try:
+        total = sum(count * model_figures(run.loaded.family.name, shape, convention="2mac",
+                                          **run.loaded.config)["gflops"]
+                    for shape, count in shapes.items())
+    except Exception:  # FLOPs are a figure of the report, never a reason for bench to fail
+        return None
+    return total / max(sum(shapes.values()), 1)
 
 
 def _threads(config: RunConfig) -> int:
@@ -145,8 +188,15 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
                 label = run.label_rule(open_image(row["label"], max_pixels=max_pixels))
                 scores.update(processing.prepare_label(label, prepared.meta), mask)
 
+    shapes: dict[tuple[int, int, int], int] = {}
+
     def prepare(row: dict) -> tuple[dict, Any]:
-        return row, processing.prepare(open_image(row["image"], max_pixels=max_pixels))
+        prepared = processing.prepare(open_image(row["image"], max_pixels=max_pixels))
+        if keep_masks[0]:
+            height, width, channels = (int(n) for n in prepared.image.shape)  # (h, w, c) uint8
+            shape = (channels, height, width)
+            shapes[shape] = shapes.get(shape, 0) + 1
+        return row, prepared
 
     def timed_pass() -> float:
         started = time.perf_counter()
@@ -165,7 +215,8 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
 
     try:
         for row in rows[:warmup]:
-            run_batch([prepare(row)], keep=False)
+            run_batch([(row, processing.prepare(open_image(row["image"], max_pixels=max_pixels)))],
+                      keep=False)
         times = [timed_pass()]
         keep_masks[0] = False  # later repeats only time
         times += [timed_pass() for _ in range(repeats - 1)]
@@ -173,7 +224,8 @@ def bare_loop(config: RunConfig, variant: BackendVariant, threads: int, warmup: 
         backend.close()
     miou = scores.compute().miou if run.label_rule is not None else None
     label = variant.label if spec.name == variant.backend else f"{variant.label} ({spec.name})"
-    return LoopResult(label, len(masks), statistics.median(times), miou, masks, tuple(times))
+    return LoopResult(label, len(masks), statistics.median(times), miou, masks, tuple(times),
+                      _gflop_per_image(run, shapes))
 
 
 def pipeline_pass(config: RunConfig, output: str, sample_memory: bool = False) -> tuple[dict[str, Any], int]:
@@ -198,7 +250,7 @@ def _ray_running() -> bool:
 
 
 def compare_rows(config: RunConfig, variants: list[BackendVariant], threads: int, repeats: int,
-                 ) -> list[dict[str, Any]]:
+                 gemm: float | None = None) -> list[dict[str, Any]]:
     """Bare-loop rows for `variants`: speed (median of `repeats`), mIoU, pixels differing from the first."""
     rows = []
     reference: LoopResult | None = None
@@ -215,8 +267,16 @@ def compare_rows(config: RunConfig, variants: list[BackendVariant], threads: int
             "miou_change_vs_first": None if result.miou is None or reference.miou is None
             else round(result.miou - reference.miou, 5),
             "pixels_differing_from_first": differing, "pixels_total": pixels,
+            **_throughput(result, gemm),
         })
     return rows
+
+
+def _throughput(result: LoopResult, gemm: float | None) -> dict[str, float | None]:
+    """A loop's GFLOP/s and its fraction of the machine's sgemm GFLOP/s."""
+    gflops = result.gflops
+    return {"gflops": None if gflops is None else round(gflops, 1),
+            "fraction_of_gemm": None if gflops is None or not gemm else round(gflops / gemm, 3)}
 
 
 def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memory_check: bool = True,
@@ -233,8 +293,9 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
     main_variant = BackendVariant(config.backend.name, config.backend.precision, dict(config.backend.options))
     ray_during_loops = _ray_running()
     # Bare loops before Ray starts: nothing else runs on the machine.
+    gemm = gemm_gflops(threads)
     loop = bare_loop(first, main_variant, threads, repeats=repeats)
-    rows = compare_rows(first, compare, threads, repeats) if compare else []
+    rows = compare_rows(first, compare, threads, repeats, gemm) if compare else []
     started = time.perf_counter()
     ensure_ray(config.execution.ray_address, verbose=config.execution.verbose)
     ray_seconds = time.perf_counter() - started
@@ -273,6 +334,8 @@ def bench(config: RunConfig, *, images: int, compare: list[BackendVariant], memo
             "pipeline_kept_actors_images_per_second_repeats": kept,
             "pipeline_first_commit_seconds": metrics["streaming"].get("first_commit_seconds"),
             "bare_loop_seconds": round(loop.seconds, 3),
+            "gemm_gflops": round(gemm, 1), "gflop_per_image": loop.gflop_per_image,
+            **{f"bare_loop_{key}": value for key, value in _throughput(loop, gemm).items()},
         }
         report["ratio_pipeline_to_bare_loop"] = round(
             report["pipeline_images_per_second"] / report["bare_loop_images_per_second"], 3)
@@ -307,7 +370,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['pipeline_actors']} actor(s) x {report['pipeline_threads_per_actor']} thread(s))",
         f"{'':28}{'images':>8}{'images/s':>11}{'mIoU':>9}",
         f"{'bare in-process loop':28}{report['images']:>8}{report['bare_loop_images_per_second']:>11.2f}"
-        f"{_fmt(report['miou_bare_loop']):>9}",
+        f"{_fmt(report['miou_bare_loop']):>9}"
+        f"{_gemm_share(report['bare_loop_gflops'], report['gemm_gflops'])}",
         f"{'pipeline (Ray Data)':28}{report['images']:>8}{report['pipeline_images_per_second']:>11.2f}"
         f"{_fmt(report['miou_pipeline']):>9}",
         f"{'pipeline, actors kept':28}{report['images']:>8}"
@@ -321,12 +385,18 @@ def format_report(report: dict[str, Any]) -> str:
                      f"(ratio 4x/1x {report['memory_ratio_4x_to_1x']:.3f})")
     if report.get("compare"):
         lines.append(f"{'variant (bare loop)':32}{'images/s':>10}{'speed-up':>10}{'mIoU':>9}{'ΔmIoU':>9}"
-                     f"{'px differing':>14}")
+                     f"{'px differing':>14}{'of sgemm':>10}")
         for row in report["compare"]:
+            share = "" if row.get("fraction_of_gemm") is None else f"{row['fraction_of_gemm']:>10.2f}"
             lines.append(f"{row['variant']:32}{row['images_per_second']:>10.2f}{row['speedup_vs_first']:>10.2f}"
                          f"{_fmt(row['miou']):>9}{_fmt(row['miou_change_vs_first']):>9}"
-                         f"{row['pixels_differing_from_first']:>14}")
+                         f"{row['pixels_differing_from_first']:>14}{share}")
     return "\n".join(lines)
+
+
+def _gemm_share(gflops: float | None, gemm: float) -> str:
+    """`  215 GFLOP/s, 1.14x the machine's sgemm` (nothing when the model's FLOPs are unknown)."""
+    return "" if gflops is None else f"  {gflops:.0f} GFLOP/s, {gflops / gemm:.2f}x sgemm's {gemm:.0f}"
 
 
 def _fmt(value: float | None) -> str:

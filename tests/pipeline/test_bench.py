@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import cpu_features
 from pipeline.backends.variants import parse_variants
-from pipeline.bench import bare_loop, bench, compare_rows, format_report
+from pipeline.bench import bare_loop, bench, compare_rows, format_report, gemm_gflops
 from pipeline.config import RunConfig
 from pipeline.defaults import DEFAULT_RUN, default_checkpoint, default_dataset
 from pipeline.errors import ConfigError
@@ -35,6 +35,30 @@ def test_bare_loops_repeat_and_compare_rows_show_accuracy():
                                                          rel=0.01)
     with pytest.raises(ConfigError, match="--repeats"):
         bench(config, images=4, compare=[], repeats=0)
+
+
+def test_loops_report_their_arithmetic_throughput_against_the_machines_sgemm():
+    """GFLOP/s = the model's FLOPs at each image's network input x images/s (milesial at scale 1 keeps each
+    image's size), set against a measured sgemm."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from pipeline.models import load_model
+    from pipeline.models.figures import model_figures
+
+    config = _config()
+    loop = bare_loop(config, parse_variants("torch:fp32")[0], threads=1, repeats=1)
+    loaded = load_model("milesial", default_checkpoint())
+    sizes = [Image.open(path).size for path in sorted(Path(default_dataset(), "images").iterdir())[:4]]
+    expected = statistics.mean(
+        model_figures("milesial", (3, h, w), convention="2mac", **loaded.config)["gflops"] for w, h in sizes)
+    assert loop.gflop_per_image == pytest.approx(expected)
+    assert loop.gflops == pytest.approx(expected * loop.images_per_second)
+    gemm = gemm_gflops(1, size=256, repeats=3)
+    assert gemm > 0.5  # any CPU this runs on does more than 0.5 GFLOP/s on one thread
+    row = compare_rows(config, list(parse_variants("torch:fp32")), threads=1, repeats=1, gemm=gemm)[0]
+    assert row["fraction_of_gemm"] == pytest.approx(row["gflops"] / gemm, abs=1e-3)
 
 
 @pytest.mark.integration
