@@ -213,7 +213,10 @@ class InferencePool:
         for block in blocks:
             self._check_ready(wait=True)
             while min(load[i] for i in self._ready) >= IN_FLIGHT_PER_ACTOR:
-                collect(block_until_one=True)
+                # until a call finishes or another actor is ready, whichever comes first: an actor that
+                # becomes ready while the others work on long batches gets the next block at once
+                ray.wait([*in_flight, *self._not_ready], num_returns=1)
+                collect(block_until_one=False)
                 self._check_ready(wait=False)
             index = min(self._ready, key=lambda i: (load[i], i))
             call = self.actors[index].process.remote(block, settings, self.spec, self.refs)

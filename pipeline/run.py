@@ -212,10 +212,14 @@ def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int
 def _limit_ray_data(plan: ActorPlan) -> None:
     """Ray Data plans its read/preprocess tasks within the CPUs the inference actors leave, and reads ahead of
     the actors by at most RUN_AHEAD_BYTES_PER_ACTOR per actor: without a cap it fills the object store with
-    preprocessed blocks as fast as it reads, and the store's use grows with the dataset."""
+    preprocessed blocks as fast as it reads, and the store's use grows with the dataset. Its scheduling loop
+    pauses while it waits on the actors (`pipeline.executor_idle`) instead of spinning on a core."""
     import ray
     from ray.data import DataContext, ExecutionResources
 
+    from pipeline import executor_idle
+
+    executor_idle.install()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     left = max(cpus - plan.actors * plan.cpus_per_actor, 0.5)
     DataContext.get_current().execution_options.resource_limits = ExecutionResources(
