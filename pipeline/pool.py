@@ -75,6 +75,10 @@ class InferenceActor:
             from pipeline.stages import Predictor
 
             self.close()
+            if spec.threads:  # post-processing's torch ops: the actor's share of the cores, not all of them
+                import torch
+
+                torch.set_num_threads(int(spec.threads))
             full = dataclasses.replace(spec, options={**spec.options, **refs})
             self._predictor = Predictor(full, self._processing, self._s3)
             self._identity = spec.identity()
