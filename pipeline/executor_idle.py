@@ -4,8 +4,8 @@ Ray Data 2.60's streaming executor (a thread of the driver) waits for its tasks 
 but only when some are running. When every read/preprocess task is done and its output waits for the
 inference actors (the read-ahead cap of `pipeline.run` reached, or the whole input read), it has no task to
 wait on and loops without pause: one core at 100% for as long as the actors take to catch up. On a seed-size
-model that is most of the run, and on 2 cores it halved the actors' throughput (VGG16 at 512, 40 images:
-0.30 images/s against the bare loop's 0.48; with this pause 0.45).
+model that is most of the run, and on 2 cores it took half the actors' CPU (VGG16 at 512, 40 images: 0.30
+images/s in the pipeline against the bare loop's 0.48; with this pause 0.41, actor start-up included).
 
 `install()` registers `IdlePause` as an execution callback: after each loop step with no task running it
 sleeps `IDLE_PAUSE_SECONDS`, which delays the next read by at most that while the actors still have buffered

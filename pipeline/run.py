@@ -42,12 +42,17 @@ from pipeline.progress import Progress
 from pipeline.results import RunFailed, RunResult, check_error_limit, run_metrics
 from pipeline.streaming import CommitTimes, ObjectStoreSampler
 
-__all__ = ["INFERENCE_TASK_RETRIES", "check_no_overlap", "run"]
+__all__ = ["INFERENCE_TASK_RETRIES", "block_rows", "check_no_overlap", "run"]
 
 LISTING_GRACE_SECONDS = 0.5  # a listing done by then is small: the pool is sized to its read tasks
 # Preprocessed blocks Ray Data may hold ahead of the actors (each also holds IN_FLIGHT_PER_ACTOR blocks):
 # a few VOC-size batches, a few hundred small images.
 RUN_AHEAD_BYTES_PER_ACTOR = 16 * 2**20
+# Network-input pixels per block dealt to an actor (a block is also a committed part): about one batch of a
+# seed-size model at 512x512 (seconds of work each), a whole shard of small images. Bigger blocks of big
+# images make the first commit wait for a whole shard (VGG16 at 512, 2 cores: 32 images, 160 s) and leave one
+# actor finishing a shard while the other idles.
+BLOCK_PIXELS = 2_000_000
 logger = logging.getLogger(__name__)
 
 
@@ -205,7 +210,8 @@ def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int
     full = plan_actors(config.execution, config.backend, entry, cluster)
     if not listing.wait(LISTING_GRACE_SECONDS):
         return full
-    units = read_units(listing.all(), done, config.execution.batch_size, tail_shards=2 * full.actors)
+    units = read_units(listing.all(), done, config.execution.batch_size, tail_shards=2 * full.actors,
+                       unit_rows=block_rows(prepared.processing, config.execution.batch_size))
     return plan_actors(config.execution, config.backend, entry, cluster, max_useful=max(len(units), 1))
 
 
@@ -246,7 +252,8 @@ def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[i
         seen += len(wave)
         progress.listed(listing.inputs, finished)
         units = read_units(wave, done, config.execution.batch_size,
-                           tail_shards=2 * plan.actors if finished else 0)
+                           tail_shards=2 * plan.actors if finished else 0,
+                           unit_rows=block_rows(prepared.processing, config.execution.batch_size))
         if units:
             source = ShardDatasource(units, prepared.layout, prepared.data, config.scoring, prepared.s3)
             dataset = (
@@ -260,6 +267,17 @@ def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[i
                     yield entry.ref
         if finished:
             return
+
+
+def block_rows(processing: Any, batch_size: int) -> int | None:
+    """Rows per read task, block and committed part for a processing with a fixed network input: as many
+    batches as fit in BLOCK_PIXELS, at least one; None (whole shards) for a processing whose input size
+    follows the image (milesial's scale)."""
+    size = getattr(processing, "input_size", None)
+    if not size:
+        return None
+    batches = BLOCK_PIXELS // (int(size[0]) * int(size[1]) * batch_size)
+    return max(1, batches) * batch_size
 
 
 def _part_settings(prepared: PreparedRun) -> PartSettings:

@@ -156,20 +156,21 @@ class ReadUnit:
 
 
 def read_units(shards: Sequence[ShardRef], done: Mapping[int, frozenset[int]], chunk_rows: int,
-               tail_shards: int) -> list[ReadUnit]:
-    """The read tasks of `shards`: one per shard, except the last `tail_shards` listed shards, cut into tasks
-    of `chunk_rows` rows so that the end of a run is dealt batch by batch to whichever actor is free (a whole
-    shard on one actor would leave the others idle). Rows committed by an earlier attempt (`done`) are
-    skipped; a shard
-    with nothing left is dropped."""
+               tail_shards: int, unit_rows: int | None = None) -> list[ReadUnit]:
+    """The read tasks of `shards`: one per shard (per `unit_rows` rows of a shard, when given: big network
+    inputs), except the last `tail_shards` listed shards, cut into tasks of `chunk_rows` rows so that the end
+    of a run is dealt batch by batch to whichever actor is free (a whole shard on one actor would leave the
+    others idle). Rows committed by an earlier attempt (`done`) are skipped; a shard with nothing left is
+    dropped."""
     units: list[ReadUnit] = []
     for position, ref in enumerate(shards):
         skip = done.get(ref.index, frozenset())
         if ref.size is not None and len(skip) >= ref.size:
             continue  # completely committed by an earlier attempt
-        if ref.size is not None and position >= len(shards) - tail_shards and ref.size > chunk_rows:
-            for first in range(0, ref.size, chunk_rows):
-                unit = ReadUnit(ref, skip, (first, min(first + chunk_rows, ref.size)))
+        rows = chunk_rows if position >= len(shards) - tail_shards else unit_rows
+        if ref.size is not None and rows is not None and ref.size > rows:
+            for first in range(0, ref.size, rows):
+                unit = ReadUnit(ref, skip, (first, min(first + rows, ref.size)))
                 if unit.rows:
                     units.append(unit)
         else:

@@ -68,3 +68,60 @@ def test_a_kept_pool_serves_runs_of_other_backends_with_the_same_processes(ray_s
     assert writers[0] & writers[1] and writers[1] & writers[2], f"new actors between runs: {writers}"
     assert second.metrics["miou"] != first.metrics["miou"], "the second run kept the first run's backend"
     assert third.metrics["miou"] == first.metrics["miou"]
+
+
+def test_the_driver_rests_while_the_actors_work(ray_session, tmp_path):
+    """Slow actors (a device: 0.3 s a batch, no CPU) and big preprocessed images (992x992: 4 MB a row with
+    its label), so Ray Data's read-ahead cap holds the reads back: its scheduling loop then has no task to
+    wait on, and without `pipeline.executor_idle` it spins a core of the driver for the whole run."""
+    import time
+
+    data = factories.write_pairs(tmp_path / "data", factories.samples(24, size=(24, 24)))
+    config = _config(data, tmp_path / "out", backend="tests.backends.times_two_backend:ENTRY",
+                     backend_options={"sleep_seconds": 0.3}, batch_size=1, input_size=992)
+    run(config.replace(output=str(tmp_path / "warm-up"), limit=2))  # worker processes started
+    wall, cpu = time.perf_counter(), time.process_time()
+    metrics = run(config).metrics
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert metrics["num_images"] == 24 and wall > 24 * 0.3 / 2
+    print(f"driver CPU {cpu:.1f} s in {wall:.1f} s")
+    assert cpu / wall < 0.5, f"the driver used {cpu:.1f} CPU seconds in a {wall:.1f} s run"
+
+
+def test_the_idle_pause_sleeps_only_when_no_task_runs(monkeypatch):
+    from pipeline import executor_idle
+
+    class Operator:
+        def __init__(self, active: int) -> None:
+            self.active = active
+
+        def num_active_tasks(self) -> int:
+            return self.active
+
+    class Executor:
+        def __init__(self, *active: int) -> None:
+            self._topology = {Operator(n): None for n in active}
+
+    pauses: list[float] = []
+    monkeypatch.setattr(executor_idle.time, "sleep", pauses.append)
+    pause = executor_idle.IdlePause()
+    pause.on_execution_step(Executor(0, 1))
+    pause.on_execution_step(object())  # an executor of another Ray version: left alone
+    assert pauses == []
+    pause.on_execution_step(Executor(0, 0))
+    assert pauses == [executor_idle.IDLE_PAUSE_SECONDS]
+
+
+def test_big_network_inputs_are_dealt_and_committed_in_batches_not_whole_shards(ray_session, tmp_path):
+    """A fixed 992x992 input: 0.98 M pixels an image, so BLOCK_PIXELS (2 M) gives blocks of 2 rows (batch 1).
+    6 shards of 4: the first 2 go out in those blocks (before, one block each), the last 2 x actors shards
+    batch by batch as every run's tail does."""
+    from pipeline.run import BLOCK_PIXELS, block_rows
+
+    assert BLOCK_PIXELS // 992**2 == 2
+    data = factories.write_pairs(tmp_path / "data", factories.samples(24, size=(24, 24)))
+    metrics = run(_config(data, tmp_path / "out", input_size=992, batch_size=1, shard_size=4)).metrics
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_run" / "parts").glob("*.json")]
+    assert metrics["num_images"] == 24 and metrics["listing"]["shards"] == 6
+    assert sorted(len(r["rows"]) for r in records) == [1] * 16 + [2] * 4
+    assert block_rows(None, 4) is None  # no fixed input size (milesial's scale): whole shards
