@@ -71,7 +71,8 @@ class InferenceActor:
         import pipeline.stages  # noqa: F401
 
     def _built(self, spec: BackendSpec, refs: dict[str, Any]) -> Any:
-        if self._predictor is None or spec.identity() != self._identity:
+        identity = spec.identity()
+        if self._predictor is None or identity != self._identity:
             from pipeline.stages import Predictor
 
             self.close()
@@ -81,7 +82,7 @@ class InferenceActor:
                 torch.set_num_threads(int(spec.threads))
             full = dataclasses.replace(spec, options={**spec.options, **refs})
             self._predictor = Predictor(full, self._processing, self._s3)
-            self._identity = spec.identity()
+            self._identity = identity
         return self._predictor
 
     def ready(self, spec: BackendSpec, refs: dict[str, Any]) -> int:

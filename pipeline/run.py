@@ -185,16 +185,20 @@ def _start_actors(prepared: PreparedRun) -> None:
     """Start the inference actors of a CPU backend now, one per CPU, so that their processes boot while the
     driver probes, exports or calibrates and lists: `_plan` later shrinks the pool to what the input can use
     (a device backend's pool waits for `_plan`, which checks the devices first)."""
+    config = prepared.config
+    if BACKENDS.get(config.backend.name).runs_on_cpu(config.backend):
+        start_pool(prepared.processing, prepared.s3, _full_plan(prepared))
+
+
+def _full_plan(prepared: PreparedRun) -> ActorPlan:
+    """The actor pool the cluster allows for this backend (checked against the cluster first)."""
     import ray
 
     config = prepared.config
     entry = BACKENDS.get(config.backend.name)
-    if not entry.runs_on_cpu(config.backend):
-        return
     cluster = ray.cluster_resources()
     entry.check(config.backend, cluster)
-    plan = plan_actors(config.execution, config.backend, entry, cluster)
-    start_pool(prepared.processing, prepared.s3, plan)
+    return plan_actors(config.execution, config.backend, entry, cluster)
 
 
 def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int]]) -> ActorPlan:
@@ -204,15 +208,13 @@ def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int
     from pipeline.io.source import read_units
 
     config = prepared.config
-    entry = BACKENDS.get(config.backend.name)
-    cluster = ray.cluster_resources()
-    entry.check(config.backend, cluster)
-    full = plan_actors(config.execution, config.backend, entry, cluster)
+    full = _full_plan(prepared)
     if not listing.wait(LISTING_GRACE_SECONDS):
         return full
     units = read_units(listing.all(), done, config.execution.batch_size, tail_shards=2 * full.actors,
                        unit_rows=block_rows(prepared.processing, config.execution.batch_size))
-    return plan_actors(config.execution, config.backend, entry, cluster, max_useful=max(len(units), 1))
+    return plan_actors(config.execution, config.backend, BACKENDS.get(config.backend.name),
+                       ray.cluster_resources(), max_useful=max(len(units), 1))
 
 
 def _limit_ray_data(plan: ActorPlan) -> None:
