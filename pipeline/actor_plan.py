@@ -60,9 +60,11 @@ def plan_actors(execution: ExecutionConfig, settings: BackendConfig, entry: Back
         by_cpus = max(1, int(room // (execution.num_cpus_per_actor or 1.0)))
         devices = entry.devices(settings, cluster) if entry.devices is not None else 1
         actors = min(by_cpus, max(1, int(devices)))
+    # Each actor's CPU request is the full pool's share even when a small input needs fewer actors: the pool
+    # started before the input was listed (`pipeline.pool.start_pool`) then only shrinks, keeping its actors.
+    cpus_per_actor = execution.num_cpus_per_actor or round(min(1.0, room / actors), 3)
     if max_useful is not None and execution.concurrency is None:
         actors = max(1, min(actors, max_useful))
-    cpus_per_actor = execution.num_cpus_per_actor or round(min(1.0, room / actors), 3)
     if on_cpu:
         threads = execution.threads_per_actor or max(1, round(cpus_per_actor))
     else:

@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,10 @@ from pipeline.io.parts import PartSettings, write_parts
 # which would loop on an input that crashes the process every time.
 INFERENCE_TASK_RETRIES = 3
 IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: the actor never waits for the driver between blocks
+# How long `close_pool` waits for actors it could not kill yet (still starting, see `_retire`) to be gone.
+RETIRE_WAIT_SECONDS = 60.0
+# While no actor has become ready, the driver says every this many seconds what the actors wait for.
+START_WARNING_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +153,7 @@ class InferencePool:
         self.refs: dict[str, Any] = {}
         self._not_ready: dict[Any, int] = {}
         self._ready: set[int] = set()
+        self._constructed: set[Any] = set()  # actors a call of which has returned: their constructor is done
         self.resize(plan)
 
     def __len__(self) -> int:
@@ -158,7 +164,8 @@ class InferencePool:
         to what a small input can use)."""
         while len(self.actors) > plan.actors:
             index = len(self.actors) - 1
-            _kill(self.actors.pop())
+            actor = self.actors.pop()
+            _retire(actor, constructed=actor in self._constructed)
             self._ready.discard(index)
             self._not_ready = {ref: i for ref, i in self._not_ready.items() if i != index}
         while len(self.actors) < plan.actors:
@@ -183,13 +190,19 @@ class InferencePool:
 
         if not self._not_ready:
             return
-        if wait and not self._ready:
-            ray.wait(list(self._not_ready), num_returns=1)
+        waited = 0.0
+        while wait and not self._ready and not ray.wait(list(self._not_ready), num_returns=1,
+                                                        timeout=START_WARNING_SECONDS)[0]:
+            waited += START_WARNING_SECONDS
+            logger.warning("No inference actor has started after %.0f s: each needs %s and Ray has %s free "
+                           "of %s (`ray status` shows what holds the rest).", waited, self.plan.ray_resources,
+                           ray.available_resources(), ray.cluster_resources())
         done, _ = ray.wait(list(self._not_ready), num_returns=len(self._not_ready), timeout=0)
         for ref in done:
             index = self._not_ready.pop(ref)
             _get(ref)  # raises what the backend's build raised (a missing SDK, a bad checkpoint, ...)
             self._ready.add(index)
+            self._constructed.add(self.actors[index])
 
     def run(self, blocks: Iterable[Any], settings: PartSettings, on_parts: OnParts | None = None,
             ) -> list[PartRecord]:
@@ -235,8 +248,53 @@ class InferencePool:
 
     def close(self) -> None:
         for actor in self.actors:
-            _kill(actor)
+            _retire(actor, constructed=actor in self._constructed)
         self.actors = []
+
+
+_RETIRING: list[threading.Thread] = []  # actors waiting for their constructor to return, to be killed then
+
+
+def _retire(actor: Any, constructed: bool) -> None:
+    """Kill `actor`: at once when its constructor has returned, else (a thread waits) as soon as it has.
+
+    Ray 2.60 loses a kill that reaches a worker after the worker was given the actor but before it ran the
+    constructor (the worker logs "Mismatched ActorID: ignoring KillActor"): Ray marks the actor dead, yet
+    its process then builds it and lives on, idle, holding its CPUs, and the next run's read tasks wait for
+    those CPUs forever. Seen on 2 loaded cores, where a worker takes seconds to start, when a pool started
+    before the spec is shrunk or replaced at once.
+    """
+    if constructed:
+        _kill(actor)
+        return
+    thread = threading.Thread(target=_kill_when_constructed, args=(actor,), daemon=True,
+                              name="unet-pipeline-retire-actor")
+    thread.start()
+    _RETIRING.append(thread)
+
+
+def _kill_when_constructed(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.wait([actor.__ray_ready__.remote()], num_returns=1)  # returns on success or on failure alike
+    except Exception:  # the Ray session ended meanwhile: nothing is left to kill
+        return
+    _kill(actor)
+
+
+def _wait_for_retired(timeout: float = RETIRE_WAIT_SECONDS) -> None:
+    """Wait (at most `timeout` s in all) until the actors `_retire` could not kill at once are killed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _RETIRING:
+        _RETIRING[0].join(max(deadline - time.monotonic(), 0.0))
+        if _RETIRING[0].is_alive():
+            logger.warning("Inference actors still starting after %.0f s were left to be killed when they "
+                           "have started.", timeout)
+            return
+        _RETIRING.pop(0)
 
 
 def _kill(actor: Any) -> None:
@@ -300,7 +358,7 @@ def start_pool(processing: Any, s3: S3Options | None, plan: ActorPlan) -> Infere
     if _POOL is not None and _POOL.key == PoolKey.of(processing, s3, plan) and _alive(_POOL):
         _POOL.resize(plan)
         return _POOL
-    close_pool()
+    close_pool(wait=False)  # the new actors start as the old ones' CPUs come free
     _POOL = InferencePool(processing, s3, plan)
     return _POOL
 
@@ -312,12 +370,15 @@ def pool_for(spec: BackendSpec, processing: Any, s3: S3Options | None, plan: Act
     return pool
 
 
-def close_pool() -> None:
-    """Shut the process's pool down (the next run starts a new one)."""
+def close_pool(wait: bool = True) -> None:
+    """Shut the process's pool down (the next run starts a new one). With `wait`, return once its actors are
+    gone (those still starting are killed when they have started: `_retire`)."""
     global _POOL
     if _POOL is not None:
         _POOL.close()
         _POOL = None
+    if wait:
+        _wait_for_retired()
 
 
 def _alive(pool: InferencePool) -> bool:

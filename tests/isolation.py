@@ -7,7 +7,9 @@ Loaded by tests/conftest.py (`pytest_plugins`). What it guards, around every tes
   thread count, and a kernel change moves logits by ~1e-6, enough to flip a near-tie pixel of an exactness
   test;
 * the environment variables and the working directory;
-* the Ray session: only tests that ask for the `ray_session` fixture may start Ray in this process.
+* the Ray session: only tests that ask for the `ray_session` fixture may start Ray in this process, and each
+  of those must give every Ray CPU back when it ends (no actor left alive, no killed actor's process left
+  holding its CPUs): a test that leaves them held would make every later run wait for CPUs forever.
 
 A test (or a function-scoped fixture) that changes one of these and does not put it back is failed at teardown
 with the list of what changed, and the state is restored, so that one leak does not cascade into the tests
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ import pytest
 import torch
 
 SEED = 0
+RAY_CPU_RETURN_SECONDS = 30.0  # how long a test's actors may take to be gone after it ends
 IGNORED_ENVIRON = frozenset({"PYTEST_CURRENT_TEST"})  # pytest's own, rewritten at every phase
 # Set once per process by a library on first use, to a value that no test chooses: may appear, never change.
 MEMOISED_ENVIRON = frozenset({
@@ -208,3 +212,53 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         pytest.fail(_leak_message(f"A module- or session-scoped fixture used by {where}", changes),
                     pytrace=False)
     return result
+
+
+@pytest.fixture(autouse=True)
+def _ray_cpus_given_back(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test on the shared Ray session that leaves some of its CPUs held, and frees them."""
+    yield
+    if "ray_session" not in request.fixturenames or not _ray_initialized():
+        return
+    import ray
+
+    deadline = time.monotonic() + RAY_CPU_RETURN_SECONDS
+    while _held_cpus(ray) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    held = _held_cpus(ray)
+    if held <= 0:
+        return
+    alive, dead = _actor_processes()
+    from pipeline.pool import close_pool
+
+    close_pool()
+    for pid in dead:  # a killed actor whose process lived on (what pipeline.pool._retire prevents)
+        os.kill(pid, 9)
+    pytest.fail(f"{request.node.nodeid} left {held:g} of Ray's CPUs held {RAY_CPU_RETURN_SECONDS:.0f} s "
+                f"after it ended. Actors alive: {alive or 'none'}; processes of actors Ray reports dead, "
+                f"killed now: {dead or 'none'}. Close the pools and kill the actors a test starts.",
+                pytrace=False)
+
+
+def _held_cpus(ray: Any) -> float:
+    return float(ray.cluster_resources().get("CPU", 0.0)) - float(ray.available_resources().get("CPU", 0.0))
+
+
+def _actor_processes() -> tuple[list[str], list[int]]:
+    """The alive actors (class and pid), and the pids of dead actors whose worker process still runs here."""
+    import psutil
+    from ray._private import state
+
+    alive: list[str] = []
+    dead: list[int] = []
+    for actor in state.actors().values():
+        pid = int(actor.get("Pid") or 0)
+        if actor.get("State") == "ALIVE" and actor.get("ActorClassName") != "_StatsActor":
+            alive.append(f"{actor.get('ActorClassName')} (pid {pid})")
+        elif actor.get("State") == "DEAD" and pid and psutil.pid_exists(pid):
+            try:
+                if "ray::" in " ".join(psutil.Process(pid).cmdline()):
+                    dead.append(pid)
+            except psutil.Error:
+                pass
+    return alive, dead

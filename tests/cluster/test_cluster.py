@@ -24,7 +24,7 @@ import torch
 from pipeline.demo.synthetic import write_dataset
 from pipeline.models import create_model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]  # the cluster scenario may take 420 s
 
 SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 NUM_IMAGES = 32

@@ -9,6 +9,7 @@ from pathlib import Path
 import factories
 import pytest
 
+from pipeline import pool as pool_module
 from pipeline.actor_plan import ActorPlan
 from pipeline.config import RunConfig
 from pipeline.defaults import default_checkpoint
@@ -54,6 +55,50 @@ def test_actors_started_before_the_spec_serve_it(ray_session):
         assert other is not pool and not set(other.actors) & set(actors)
     finally:
         close_pool()
+
+
+def test_an_actor_still_starting_is_killed_only_once_started(ray_session, tmp_path, monkeypatch):
+    """Ray loses a kill that reaches a worker before it runs the actor's constructor (the process then lives
+    on, holding its CPUs): `_retire` kills such an actor once its constructor has returned, and `close_pool`
+    returns when it is gone."""
+    import time
+
+    import ray
+
+    class SlowToStart:  # defined here, so that Ray ships it by value to the worker
+        def __init__(self, note: str) -> None:
+            time.sleep(1.5)
+            Path(note).write_text(repr(time.time()))
+
+    kills: list[float] = []
+    kill = pool_module._kill
+    monkeypatch.setattr(pool_module, "_kill", lambda actor: (kills.append(time.time()), kill(actor)))
+    note = tmp_path / "constructed"
+    actor = ray.remote(SlowToStart).options(num_cpus=1).remote(str(note))
+    pool_module._retire(actor, constructed=False)
+    assert kills == []  # not yet: it is still starting
+    pool_module._wait_for_retired()
+    assert len(kills) == 1 and kills[0] >= float(note.read_text())
+
+
+def test_closing_a_pool_that_just_started_gives_every_cpu_back(ray_session):
+    import time
+
+    import ray
+
+    from pipeline.models import load_model
+    from pipeline.processing import create_processing
+
+    loaded = load_model("milesial", default_checkpoint())
+    processing = create_processing("model-res", family=loaded.family, num_classes=loaded.num_classes,
+                                   in_channels=3, input_size=(32, 32))
+    start_pool(processing, None, ActorPlan(2, 1.0, 1))
+    close_pool()
+    deadline = time.monotonic() + 5  # a killed actor's CPUs come back a moment after the kill
+    total = ray.cluster_resources()["CPU"]
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == total
 
 
 def test_a_kept_pool_serves_runs_of_other_backends_with_the_same_processes(ray_session, tmp_path):
