@@ -9,7 +9,9 @@ seconds. So, before a local `ray.init`:
   separate process in its own session (so Ctrl-C and group signals do not reach it), blocked reading a pipe
   whose only write end the driver holds. When the driver ends in any way (exit, exception, SIGTERM, SIGINT,
   SIGKILL, an OOM kill) the kernel closes the pipe; the watchdog reads EOF and kills every process carrying
-  the marker.
+  the marker, and every child of one that it noted while the driver ran (every `WATCH_SECONDS`): Ray's agents
+  set their process title over their environment, so the marker is not always readable there, and once the
+  raylet is gone their parent is init.
 * `reap_stale()` kills marked processes whose owner is gone (the watchdog itself was killed too), at the next
   start.
 
@@ -19,10 +21,12 @@ Linux only (it reads /proc); elsewhere both do nothing. Only this user's process
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 from pipeline.processes import process_start_time
 
@@ -30,6 +34,7 @@ OWNER_ENV = "UNET_PIPELINE_RAY_OWNER"
 GRACE_SECONDS = 3.0
 SWEEP_SECONDS = 20.0  # how long the watchdog keeps sweeping after the driver ended
 QUIET_SECONDS = 2.0  # ... unless no marked process was seen for this long
+WATCH_SECONDS = 1.0  # while the driver runs, the watchdog notes the marked processes' children this often
 _state: dict[str, int] = {}
 
 
@@ -66,6 +71,28 @@ def marked_processes(owner: str | None = None) -> dict[int, str]:
         value = env[start + len(key):].split(b"\0", 1)[0].decode(errors="replace")
         if (owner is None or value == owner) and process_start_time(int(name)) is not None:
             found[int(name)] = value
+    return found
+
+
+def _with_children(pids: Iterable[int]) -> dict[int, str]:
+    """pid -> start time of `pids` and of all their descendants alive now."""
+    parents: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(parent, []).append(int(name))
+    found: dict[int, str] = {}
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        start = process_start_time(pid)
+        if start is not None and pid not in found:
+            found[pid] = start
+            todo.extend(parents.get(pid, []))
     return found
 
 
@@ -113,13 +140,19 @@ def install() -> None:
 def _watch(owner: str, fd: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # only the pipe's end ends the watch
-    while os.read(fd, 4096):
-        pass
+    family: dict[int, str] = {}  # pid -> start time of the marked processes and their children seen so far
+    while True:
+        if select.select([fd], [], [], WATCH_SECONDS)[0]:
+            if not os.read(fd, 4096):
+                break
+        else:
+            family.update(_with_children(marked_processes(owner)))
     # Sweep until none has been seen for a while: a process Ray was starting when the driver died (an agent
     # the raylet spawned a moment before) would escape a single scan.
     deadline, quiet_since, grace = time.monotonic() + SWEEP_SECONDS, None, GRACE_SECONDS
     while time.monotonic() < deadline:
-        pids = list(marked_processes(owner))
+        noted = [pid for pid, start in family.items() if process_start_time(pid) == start]
+        pids = sorted(set(marked_processes(owner)) | set(noted))
         if pids:
             kill_all(pids, grace)
             quiet_since, grace = None, 0.5  # late ones are orphans: no need to wait for a clean stop
