@@ -30,6 +30,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -285,8 +286,6 @@ def _kill_when_constructed(actor: Any) -> None:
 
 def _wait_for_retired(timeout: float = RETIRE_WAIT_SECONDS) -> None:
     """Wait (at most `timeout` s in all) until the actors `_retire` could not kill at once are killed."""
-    import time
-
     deadline = time.monotonic() + timeout
     while _RETIRING:
         _RETIRING[0].join(max(deadline - time.monotonic(), 0.0))

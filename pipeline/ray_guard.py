@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from pipeline.processes import process_start_time
+from pipeline.processes import live_processes, process_start_time
 
 OWNER_ENV = "UNET_PIPELINE_RAY_OWNER"
 GRACE_SECONDS = 3.0
@@ -74,25 +74,19 @@ def marked_processes(owner: str | None = None) -> dict[int, str]:
     return found
 
 
-def _with_children(pids: Iterable[int]) -> dict[int, str]:
+def with_descendants(pids: Iterable[int]) -> dict[int, str]:
     """pid -> start time of `pids` and of all their descendants alive now."""
-    parents: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(parent, []).append(int(name))
+    table = live_processes()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
     found: dict[int, str] = {}
-    todo = list(pids)
+    todo = [pid for pid in pids if pid in table]
     while todo:
         pid = todo.pop()
-        start = process_start_time(pid)
-        if start is not None and pid not in found:
-            found[pid] = start
-            todo.extend(parents.get(pid, []))
+        if pid not in found:
+            found[pid] = table[pid][1]
+            todo.extend(children.get(pid, []))
     return found
 
 
@@ -146,7 +140,7 @@ def _watch(owner: str, fd: int) -> None:
             if not os.read(fd, 4096):
                 break
         else:
-            family.update(_with_children(marked_processes(owner)))
+            family.update(with_descendants(marked_processes(owner)))
     # Sweep until none has been seen for a while: a process Ray was starting when the driver died (an agent
     # the raylet spawned a moment before) would escape a single scan.
     deadline, quiet_since, grace = time.monotonic() + SWEEP_SECONDS, None, GRACE_SECONDS

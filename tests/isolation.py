@@ -253,7 +253,7 @@ def _actor_processes() -> tuple[list[str], list[int]]:
     dead: list[int] = []
     for actor in state.actors().values():
         pid = int(actor.get("Pid") or 0)
-        if actor.get("State") == "ALIVE" and actor.get("ActorClassName") != "_StatsActor":
+        if actor.get("State") == "ALIVE":
             alive.append(f"{actor.get('ActorClassName')} (pid {pid})")
         elif actor.get("State") == "DEAD" and pid and psutil.pid_exists(pid):
             try:

@@ -21,6 +21,9 @@ import factories
 import pytest
 from faults.support import ROOT, make_checkpoint
 
+from pipeline.processes import live_processes, process_start_time
+from pipeline.ray_guard import with_descendants
+
 pytestmark = pytest.mark.integration
 SETTLE_SECONDS = 8.0  # the watchdog gives Ray's processes 3 s to stop, then kills them
 
@@ -44,21 +47,29 @@ def _carrying(probe: str) -> list[int]:
     """Live processes whose environment holds PROBE=probe (the driver, its Ray and everything Ray started)."""
     wanted = f"{PROBE}={probe}".encode()
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in live_processes():
         try:
-            if wanted in Path(f"/proc/{name}/environ").read_bytes().split(b"\0"):
-                stat = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-                if stat[0] != "Z":
-                    found.append(int(name))
+            if wanted in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
         except OSError:
             continue
     return found
 
 
-def _end_run(tmp_path: Path, how: str, probe: str) -> tuple[int | None, list[int]]:
-    """(the driver's exit status, the processes that carried the probe while it ran)."""
+def _family(probe: str) -> dict[int, str]:
+    """pid -> start time of the processes carrying the probe and of all their descendants (a process that
+    writes its title over its environment, as Ray's agents do, may no longer show the probe there)."""
+    return with_descendants(_carrying(probe))
+
+
+def _left(probe: str, seen: dict[int, str]) -> list[int]:
+    """The processes of the run still alive: carrying the probe now, or seen during the run (same start)."""
+    alive = {pid for pid, start in seen.items() if process_start_time(pid) == start}
+    return sorted(set(_carrying(probe)) | alive)
+
+
+def _end_run(tmp_path: Path, how: str, probe: str) -> tuple[int | None, dict[int, str]]:
+    """(the driver's exit status, the processes that carried the probe while it ran, with their children)."""
     output = tmp_path / "out"
     command = _command(tmp_path, str(output), slow=how not in ("exit", "exception"))
     if how == "exception":  # a run that fails after Ray started: more bad inputs than --max-errors allows
@@ -69,10 +80,10 @@ def _end_run(tmp_path: Path, how: str, probe: str) -> tuple[int | None, list[int
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    owned: list[int] = []
+    owned: dict[int, str] = {}
     deadline = time.monotonic() + 240
     while process.poll() is None and time.monotonic() < deadline:
-        owned = sorted(set(owned) | set(_carrying(probe)))
+        owned.update(_family(probe))
         if how not in ("exit", "exception") and (output / "_run" / "parts").is_dir() and \
                 any((output / "_run" / "parts").iterdir()):
             process.send_signal({"sigterm": signal.SIGTERM, "sigint": signal.SIGINT,
@@ -88,9 +99,9 @@ def _check(tmp_path: Path, how: str) -> None:
     status, owned = _end_run(tmp_path, how, probe)
     assert len(owned) > 3, f"the run never started its own Ray ({len(owned)} processes seen)"
     deadline = time.monotonic() + SETTLE_SECONDS
-    while _carrying(probe) and time.monotonic() < deadline:
+    while _left(probe, owned) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = {p: _name(p) for p in _carrying(probe)}
+    left = {p: _name(p) for p in _left(probe, owned)}
     assert not left, f"after {how} (exit {status}), processes of its Ray are still alive: {left}"
 
 
