@@ -9,7 +9,8 @@ images/s in the pipeline against the bare loop's 0.48; with this pause 0.41, act
 
 `install()` registers `IdlePause` as an execution callback: after each loop step with no task running it
 sleeps `IDLE_PAUSE_SECONDS`, which delays the next read by at most that while the actors still have buffered
-blocks to work on.
+blocks to work on (the read-ahead holds seconds of work even for small images). A 10 ms pause still cost
+the driver 3% of a core more than 50 ms (VGG16 at 512, 40 images: 9.6 against 6.7 CPU s over a ~100 s run).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 
-IDLE_PAUSE_SECONDS = 0.01
+IDLE_PAUSE_SECONDS = 0.05
 
 
 class IdlePause(ExecutionCallback):

@@ -8,7 +8,11 @@ Session options are set for an actor that owns a fixed share of the node's CPUs:
   tasks need (shared/reference/cpu-inference.md: busy neighbours slow multi-threaded sessions 2.6x); on an
   idle 2-core machine spinning gained nothing (int8 UNet, 2 threads: 5.79 img/s without, 5.64 with);
 * all graph optimisations (constant folding, Conv+ReLU fusion, NCHWc layouts, QDQ -> int8 kernels), done when
-  the session is built, in each actor, because the optimised graph is specific to the CPU it runs on.
+  the session is built, in each actor, because the optimised graph is specific to the CPU it runs on;
+* big images run one per call (`SINGLE_IMAGE_PIXELS`): batching them gains nothing on the CPU and costs speed
+  and memory (VGG16 at 512, 2-core AMD EPYC, 2 processes x 1 thread: 0.472 images/s one per call, 0.455 four
+  per call; 1 process x 2 threads: 0.466 / 0.452), while small images keep their batch, whose per-call
+  overhead matters.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 from pipeline.backends.base import BackendEntry, BackendSpec, PrepareContext, ToNetworkInput
 from pipeline.errors import BackendUnavailable, ConfigError
 from pipeline.io.fs import S3Options
+
+SINGLE_IMAGE_PIXELS = 512 * 512  # network-input pixels from which images run one per session call
 
 
 def model_bytes(options: dict[str, Any]) -> bytes:
@@ -87,6 +93,11 @@ class OnnxBackend:
         if self._closed:
             raise RuntimeError("the onnx backend was closed")
         x = np.ascontiguousarray(self._to_network_input(images), dtype=np.float32)
+        if len(x) > 1 and x.shape[-2] * x.shape[-1] >= SINGLE_IMAGE_PIXELS:
+            return np.concatenate([self._forward(x[i:i + 1]) for i in range(len(x))])
+        return self._forward(x)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run(None, {self._input: x})[0], dtype=np.float32)
 
     def close(self) -> None:

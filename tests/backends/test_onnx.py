@@ -201,6 +201,34 @@ def test_backend_through_prepare_and_create(checkpoints, tmp_path):
                        to_network_input)
 
 
+def test_big_images_run_one_per_session_call_and_small_ones_batched(checkpoints, tmp_path):
+    from pipeline.backends import onnx_backend
+    from pipeline.processing.base import to_network_input
+
+    side = int(onnx_backend.SINGLE_IMAGE_PIXELS ** 0.5)
+    images = [np.asarray(im.resize((64, 48))) for _, im, _ in factories.samples(3, first=700)]
+    spec = BackendSpec(name="onnx", model="milesial", checkpoint=checkpoints["milesial"], threads=1)
+    backend = create_backend(prepare_backend(spec, _context(tmp_path, images)), to_network_input)
+    session, calls = backend._session, []
+
+    class Recording:  # the session, noting each call's batch shape
+        def run(self, names, feed):
+            calls.append(next(iter(feed.values())).shape)
+            return session.run(names, feed)
+
+    backend._session = Recording()
+    try:
+        big = np.stack([np.asarray(im.resize((side, side))) for im in map(Image.fromarray, images)])
+        out = backend.run(big)
+        assert calls == [(1, 3, side, side)] * 3
+        whole = session.run(None, {backend._input: to_network_input(big)})[0]
+        np.testing.assert_allclose(out, whole, atol=1e-5)  # the batched call, one image at a time
+        calls.clear()
+        assert backend.run(np.stack(images)).shape[0] == 3 and calls == [(3, 3, 48, 64)]
+    finally:
+        backend.close()
+
+
 def test_int8_without_usable_images_fails_with_a_clear_error(checkpoints, tmp_path):
     spec = BackendSpec(name="onnx", model="milesial", checkpoint=checkpoints["milesial"], precision="int8")
     with pytest.raises(ConfigError, match="no usable image"):
