@@ -42,7 +42,7 @@ from pipeline.progress import Progress
 from pipeline.results import RunFailed, RunResult, check_error_limit, run_metrics
 from pipeline.streaming import CommitTimes, ObjectStoreSampler
 
-__all__ = ["INFERENCE_TASK_RETRIES", "block_rows", "check_no_overlap", "run"]
+__all__ = ["INFERENCE_TASK_RETRIES", "block_rows", "check_no_overlap", "run", "tail_rows"]
 
 LISTING_GRACE_SECONDS = 0.5  # a listing done by then is small: the pool is sized to its read tasks
 # Preprocessed blocks Ray Data may hold ahead of the actors (each also holds IN_FLIGHT_PER_ACTOR blocks):
@@ -53,6 +53,7 @@ RUN_AHEAD_BYTES_PER_ACTOR = 16 * 2**20
 # images make the first commit wait for a whole shard (VGG16 at 512, 2 cores: 32 images, 160 s) and leave one
 # actor finishing a shard while the other idles.
 BLOCK_PIXELS = 2_000_000
+TAIL_UNIT_PIXELS = 512 * 512  # the most network-input pixels of a read task at the end of a run (`tail_rows`)
 logger = logging.getLogger(__name__)
 
 
@@ -205,14 +206,11 @@ def _plan(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[int
     """The actor pool: as many actors as the cluster allows, but no more than a small input has read tasks."""
     import ray
 
-    from pipeline.io.source import read_units
-
     config = prepared.config
     full = _full_plan(prepared)
     if not listing.wait(LISTING_GRACE_SECONDS):
         return full
-    units = read_units(listing.all(), done, config.execution.batch_size, tail_shards=2 * full.actors,
-                       unit_rows=block_rows(prepared.processing, config.execution.batch_size))
+    units = _read_units(prepared, listing.all(), done, tail_shards=2 * full.actors)
     return plan_actors(config.execution, config.backend, BACKENDS.get(config.backend.name),
                        ray.cluster_resources(), max_useful=max(len(units), 1))
 
@@ -239,11 +237,11 @@ def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[i
     """Preprocessed blocks (object refs) of every row not yet committed, wave after wave as the listing goes.
 
     A wave is every shard listed since the previous one; the last wave's last `2 x actors` shards are read in
-    batches, so the end of the run is dealt batch by batch to whichever actor is free.
+    units of `tail_rows` (a batch, one image when big), so the end of the run goes to whichever actor is free.
     """
     import ray
 
-    from pipeline.io.source import ShardDatasource, read_units
+    from pipeline.io.source import ShardDatasource
     from pipeline.stages import preprocess_batch
 
     config = prepared.config
@@ -253,9 +251,7 @@ def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[i
         wave, finished = listing.new_shards(seen)
         seen += len(wave)
         progress.listed(listing.inputs, finished)
-        units = read_units(wave, done, config.execution.batch_size,
-                           tail_shards=2 * plan.actors if finished else 0,
-                           unit_rows=block_rows(prepared.processing, config.execution.batch_size))
+        units = _read_units(prepared, wave, done, tail_shards=2 * plan.actors if finished else 0)
         if units:
             source = ShardDatasource(units, prepared.layout, prepared.data, config.scoring, prepared.s3)
             dataset = (
@@ -269,6 +265,27 @@ def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[i
                     yield entry.ref
         if finished:
             return
+
+
+def _read_units(prepared: PreparedRun, shards: Sequence[ShardRef], done: dict[int, frozenset[int]],
+                tail_shards: int) -> list[Any]:
+    """The read tasks of `shards` (see `pipeline.io.source.read_units`): blocks of `block_rows`, the last
+    `tail_shards` shards in units of `tail_rows`."""
+    from pipeline.io.source import read_units
+
+    batch_size = prepared.config.execution.batch_size
+    return read_units(shards, done, tail_rows(prepared.processing, batch_size), tail_shards=tail_shards,
+                      unit_rows=block_rows(prepared.processing, batch_size))
+
+
+def tail_rows(processing: Any, batch_size: int) -> int:
+    """Rows per read task in a run's last shards: one batch, but no more than TAIL_UNIT_PIXELS of a fixed
+    network input (one image from 512x512 up), so that the last images spread over every actor: four
+    images of a seed-size model at 512 are 17 s of one core's work, which the other actors would idle."""
+    size = getattr(processing, "input_size", None)
+    if not size:
+        return batch_size
+    return max(1, min(batch_size, TAIL_UNIT_PIXELS // (int(size[0]) * int(size[1]))))
 
 
 def block_rows(processing: Any, batch_size: int) -> int | None:

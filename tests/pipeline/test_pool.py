@@ -170,3 +170,51 @@ def test_big_network_inputs_are_dealt_and_committed_in_batches_not_whole_shards(
     assert metrics["num_images"] == 24 and metrics["listing"]["shards"] == 6
     assert sorted(len(r["rows"]) for r in records) == [1] * 16 + [2] * 4
     assert block_rows(None, 4) is None  # no fixed input size (milesial's scale): whole shards
+
+
+def test_the_tail_is_dealt_one_big_image_at_a_time():
+    """A run's last shards go out in units of a batch, but one image from 512x512 up."""
+    from types import SimpleNamespace
+
+    from pipeline.run import tail_rows
+
+    assert [tail_rows(SimpleNamespace(input_size=(side, side)), 4) for side in (64, 256, 300, 512, 992)] == [
+        4, 4, 2, 1, 1]
+    assert tail_rows(SimpleNamespace(input_size=(64, 64)), 2) == 2  # never more than a batch
+    assert tail_rows(None, 4) == 4  # no fixed input size: batch by batch
+
+
+def test_a_long_block_is_not_queued_behind_another():
+    """Short blocks: an actor holds one running and one queued; once blocks take QUEUE_BELOW_SECONDS, one."""
+    clock = [0.0]
+    pace = pool_module._BlockPace(2, clock=lambda: clock[0])
+    assert pace.in_flight_limit() == pool_module.IN_FLIGHT_PER_ACTOR == 2  # nothing measured yet
+    pace.dealt(0), pace.dealt(0), pace.dealt(1)
+    clock[0] = 0.2
+    pace.finished(0)
+    assert pace.last_seconds == pytest.approx(0.2) and pace.in_flight_limit() == 2
+    clock[0] = 0.2 + pool_module.QUEUE_BELOW_SECONDS  # the queued block ran from the first one's end
+    pace.finished(0)
+    assert pace.last_seconds == pytest.approx(pool_module.QUEUE_BELOW_SECONDS) and pace.in_flight_limit() == 1
+    clock[0] += 5.0
+    pace.dealt(0)  # dealt to an idle actor: timed from its dealing, not from the actor's last block
+    clock[0] += 0.1
+    pace.finished(0)
+    assert pace.last_seconds == pytest.approx(0.1) and pace.in_flight_limit() == 2
+
+
+def test_slow_blocks_end_on_every_actor_within_one_block(ray_session, tmp_path, monkeypatch):
+    """Slow actors (0.4 s an image, no CPU), 992x992 inputs: blocks of 2 images, then a tail of single
+    images. Neither actor may idle for more than one unit's time while the other still has work."""
+    monkeypatch.setattr(pool_module, "QUEUE_BELOW_SECONDS", 0.3)
+    data = factories.write_pairs(tmp_path / "data", factories.samples(24, size=(24, 24)))
+    config = _config(data, tmp_path / "out", backend="tests.backends.times_two_backend:ENTRY",
+                     backend_options={"sleep_seconds": 0.4}, batch_size=1, input_size=992, shard_size=4)
+    assert run(config).metrics["num_images"] == 24
+    by_actor: dict[str, list[float]] = {}
+    for path in (tmp_path / "out" / "_run" / "parts").glob("*.json"):
+        record = json.loads(path.read_text())
+        by_actor.setdefault(record["actor"], []).append(record["inferred_at"])
+    ends = sorted(max(times) for times in by_actor.values())
+    print({actor: len(times) for actor, times in by_actor.items()}, f"ends {ends[1] - ends[0]:.2f} s apart")
+    assert len(by_actor) == 2 and ends[1] - ends[0] <= 0.4 + 0.3
