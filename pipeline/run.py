@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import cpu_features, resume
 from pipeline.actor_plan import ActorPlan, plan_actors
@@ -41,6 +41,9 @@ from pipeline.prepare import PreparedRun, prepare_context, prepare_run, prepared
 from pipeline.progress import Progress
 from pipeline.results import RunFailed, RunResult, check_error_limit, run_metrics
 from pipeline.streaming import CommitTimes, ObjectStoreSampler
+
+if TYPE_CHECKING:
+    from pipeline.io.source import ReadUnit  # imports Ray Data: loaded where the reads are planned
 
 __all__ = ["INFERENCE_TASK_RETRIES", "block_rows", "check_no_overlap", "run", "tail_rows"]
 
@@ -268,7 +271,7 @@ def _blocks(prepared: PreparedRun, listing: Listing, done: dict[int, frozenset[i
 
 
 def _read_units(prepared: PreparedRun, shards: Sequence[ShardRef], done: dict[int, frozenset[int]],
-                tail_shards: int) -> list[Any]:
+                tail_shards: int) -> list[ReadUnit]:
     """The read tasks of `shards` (see `pipeline.io.source.read_units`): blocks of `block_rows`, the last
     `tail_shards` shards in units of `tail_rows`."""
     from pipeline.io.source import read_units
@@ -282,21 +285,22 @@ def tail_rows(processing: Any, batch_size: int) -> int:
     """Rows per read task in a run's last shards: one batch, but no more than TAIL_UNIT_PIXELS of a fixed
     network input (one image from 512x512 up), so that the last images spread over every actor: four
     images of a seed-size model at 512 are 17 s of one core's work, which the other actors would idle."""
-    size = getattr(processing, "input_size", None)
-    if not size:
-        return batch_size
-    return max(1, min(batch_size, TAIL_UNIT_PIXELS // (int(size[0]) * int(size[1]))))
+    pixels = _network_pixels(processing)
+    return batch_size if pixels is None else max(1, min(batch_size, TAIL_UNIT_PIXELS // pixels))
 
 
 def block_rows(processing: Any, batch_size: int) -> int | None:
     """Rows per read task, block and committed part for a processing with a fixed network input: as many
     batches as fit in BLOCK_PIXELS, at least one; None (whole shards) for a processing whose input size
     follows the image (milesial's scale)."""
+    pixels = _network_pixels(processing)
+    return None if pixels is None else max(1, BLOCK_PIXELS // (pixels * batch_size)) * batch_size
+
+
+def _network_pixels(processing: Any) -> int | None:
+    """Pixels of the processing's fixed network input; None when the size follows each image."""
     size = getattr(processing, "input_size", None)
-    if not size:
-        return None
-    batches = BLOCK_PIXELS // (int(size[0]) * int(size[1]) * batch_size)
-    return max(1, batches) * batch_size
+    return int(size[0]) * int(size[1]) if size else None
 
 
 def _part_settings(prepared: PreparedRun) -> PartSettings:

@@ -204,17 +204,21 @@ def test_a_long_block_is_not_queued_behind_another():
 
 
 def test_slow_blocks_end_on_every_actor_within_one_block(ray_session, tmp_path, monkeypatch):
-    """Slow actors (0.4 s an image, no CPU), 992x992 inputs: blocks of 2 images, then a tail of single
-    images. Neither actor may idle for more than one unit's time while the other still has work."""
+    """Slow actors (0.4 s an image, no CPU), 992x992 inputs, batch 4: 5 shards of 4, the first dealt as one
+    4-image block (1.6 s), the last 2 x actors as single images. Neither actor may idle for more than one
+    image's time while the other still has work (dealt in 4-image units, 5 of them, the ends were a whole
+    1.6 s unit apart)."""
     monkeypatch.setattr(pool_module, "QUEUE_BELOW_SECONDS", 0.3)
-    data = factories.write_pairs(tmp_path / "data", factories.samples(24, size=(24, 24)))
+    data = factories.write_pairs(tmp_path / "data", factories.samples(20, size=(24, 24)))
     config = _config(data, tmp_path / "out", backend="tests.backends.times_two_backend:ENTRY",
-                     backend_options={"sleep_seconds": 0.4}, batch_size=1, input_size=992, shard_size=4)
-    assert run(config).metrics["num_images"] == 24
+                     backend_options={"sleep_seconds_per_image": 0.4}, batch_size=4, input_size=992,
+                     shard_size=4)
+    assert run(config).metrics["num_images"] == 20
     by_actor: dict[str, list[float]] = {}
     for path in (tmp_path / "out" / "_run" / "parts").glob("*.json"):
         record = json.loads(path.read_text())
         by_actor.setdefault(record["actor"], []).append(record["inferred_at"])
     ends = sorted(max(times) for times in by_actor.values())
     print({actor: len(times) for actor, times in by_actor.items()}, f"ends {ends[1] - ends[0]:.2f} s apart")
+    assert sum(len(times) for times in by_actor.values()) == 1 + 16  # the first shard whole, then images
     assert len(by_actor) == 2 and ends[1] - ends[0] <= 0.4 + 0.3
