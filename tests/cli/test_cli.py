@@ -89,7 +89,8 @@ def test_missing_checkpoint_names_the_file(tmp_path):
     result = _unet_pipeline("score", "-c", str(tmp_path / "nope.pth"), "-i", str(tmp_path / "data"), "-o",
                             str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 1
-    assert "nope.pth" in result.stderr and "Traceback" not in result.stderr
+    assert "--checkpoint" in result.stderr and "nope.pth" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_output_inside_input_is_refused(tmp_path, tiny_checkpoint):
