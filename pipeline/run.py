@@ -85,7 +85,7 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     check_no_overlap(fs.normalize(config.data.input), output)
     BACKENDS.get(config.backend.name).check(config.backend, None)  # before Ray starts: a missing SDK, say
     s3 = config.s3.resolved()
-    _check_locations(config, s3)
+    _check_locations(config, output, s3)
     prepared = _prepare_beside_ray(config)  # the checkpoint is checked before anything is written
     with OutputLock(output, s3):
         try:
@@ -94,13 +94,13 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
             release_unless_kept()  # the actors started early, should the run fail before it scores
 
 
-def _check_locations(config: RunConfig, s3: fs.S3Options) -> None:
+def _check_locations(config: RunConfig, output: str, s3: fs.S3Options) -> None:
     """One-line errors, in seconds, before Ray starts: an input or checkpoint that is not there, an output
     this user cannot write, S3 that cannot work (unreachable endpoint, missing bucket, access denied). A
     mistyped path would otherwise wait for Ray's start and shutdown (~10 s) to be told."""
     fs.check_location(config.data.input, "--input", s3)
     fs.check_location(config.output.uri, "--output", s3, must_exist=False)
-    resume.check_writable(fs.normalize(config.output.uri), s3)
+    resume.check_writable(output, s3)
     fs.check_location(config.model.checkpoint, "--checkpoint", s3)
 
 
